@@ -1,0 +1,58 @@
+# train_int4 — build everything with `make`, run the whole suite with `make test`.
+# Building needs nvcc but no GPU. Default: one fat binary for sm_80 (native INT4 tensor cores) and sm_90a
+# (H100: INT4 values computed on s8 tensor cores / wgmma). Override e.g. `make GPU_ARCH=86`.
+NVCC ?= nvcc
+CXX ?= g++
+GPU_ARCH ?= 80 90a
+GENCODE := $(foreach a,$(GPU_ARCH),-gencode=arch=compute_$(a),code=sm_$(a))
+# --use_fast_math is NOT used anywhere: the quantizers (kernels/int4_math.h) need IEEE division and
+# round-half-even, and train_int4.cu/test_int4.cu/dev/ all include them. A file that includes no quantizer
+# code may add it to its own rule below, with a comment saying why it is safe.
+NVCC_FLAGS ?= -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -Xcompiler -Wall,-Wno-unused-function
+NVCC_LIBS := -lcublasLt -lcublas
+CXX_FLAGS ?= -O2 -std=c++17 -Wall -Wextra -fno-fast-math
+PYTHON ?= python3
+
+HEADERS := $(wildcard kernels/*.h)
+DEV_SOURCES := $(wildcard dev/*.cu)
+DEV_BINARIES := $(DEV_SOURCES:.cu=)
+DATA_SHARDS := data/tinyshakespeare_train.bin data/tinyshakespeare_val.bin
+
+.PHONY: all dev test bench clean data
+.DEFAULT_GOAL := train_int4
+
+all: train_int4 test_int4 dev tools/test_host data
+
+train_int4: train_int4.cu $(HEADERS) | data
+	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
+
+test_int4: test_int4.cu train_int4.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
+
+dev: $(DEV_BINARIES)
+
+dev/%: dev/%.cu $(HEADERS) $(wildcard dev/*.h)
+	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
+
+# host-only programs (no GPU, no nvcc): the shard writer and the CPU tests of the quantizer reference
+tools/%: data/%.cpp $(HEADERS)
+	@mkdir -p tools
+	$(CXX) $(CXX_FLAGS) -Ikernels $< -o $@ -lm
+
+tools/%: scripts/%.cpp $(HEADERS)
+	@mkdir -p tools
+	$(CXX) $(CXX_FLAGS) -Ikernels $< -o $@ -lm
+
+# byte-level tokens of the bundled tinyshakespeare in llm.c's shard format (first 90% train, last 10% val)
+data: $(DATA_SHARDS)
+$(DATA_SHARDS) &: data/tinyshakespeare.txt tools/prepare_shards
+	./tools/prepare_shards data/tinyshakespeare.txt data/tinyshakespeare
+
+test: all
+	PYTHON=$(PYTHON) bash scripts/run_tests.sh
+
+bench: dev train_int4
+	bash scripts/bench.sh
+
+clean:
+	rm -rf train_int4 test_int4 $(DEV_BINARIES) tools data/*.bin ref
