@@ -56,3 +56,7 @@ bench: dev train_int4
 
 clean:
 	rm -rf train_int4 test_int4 $(DEV_BINARIES) tools data/*.bin ref
+
+# the PyTorch reference state test_int4 compares against (CPU torch is enough; ~5 s)
+ref/dump.bin: scripts/reference.py data/tinyshakespeare.txt
+	$(PYTHON) scripts/reference.py --dump $@

@@ -1,0 +1,233 @@
+/*
+test_int4: checks train_int4 against the PyTorch reference dump (scripts/reference.py --dump), like llm.c's
+test_gpt2.cu. Each check prints one line, PASS / FAIL / SKIP, with its largest difference; the exit code is
+non-zero if any check failed. Checks that need a GPU print SKIP (with the reason) on a machine without one.
+
+    make test_int4 ref/dump.bin && ./test_int4 ref/dump.bin
+*/
+#define TESTING
+#include "train_int4.cu"
+#include <stdarg.h>
+#include "kernels/int4_reference.h"
+#include "kernels/reference_dump.h"
+
+// ----------------------------------------------------------------------------------------------------------
+// reporting
+
+static int checks_passed = 0, checks_failed = 0, checks_skipped = 0;
+
+static void check(bool ok, const char* name, const char* detail_format, ...) {
+    char detail[512];
+    va_list args;
+    va_start(args, detail_format);
+    vsnprintf(detail, sizeof detail, detail_format, args);
+    va_end(args);
+    printf("%s %s: %s\n", ok ? "PASS" : "FAIL", name, detail);
+    (ok ? checks_passed : checks_failed)++;
+}
+
+static void skip(const char* name, const char* why) {
+    printf("SKIP %s: %s\n", name, why);
+    checks_skipped++;
+}
+
+// number of positions where two integer arrays differ
+template <typename A, typename B> static size_t count_mismatches(const A* a, const B* b, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) { bad += (int64_t)a[i] != (int64_t)b[i]; }
+    return bad;
+}
+
+// number of positions where two float arrays differ in any bit
+static size_t count_bit_mismatches(const float* a, const float* b, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) { bad += memcmp(&a[i], &b[i], 4) != 0; }
+    return bad;
+}
+
+static float max_rel_diff(const float* a, const float* b, size_t n) {
+    float worst = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float scale = fmaxf(fabsf(a[i]), fabsf(b[i]));
+        if (scale > 0.0f) worst = fmaxf(worst, fabsf(a[i] - b[i]) / scale);
+    }
+    return worst;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// the shared hash: C (host and device) and PyTorch agree on every value
+
+static void rng_check_inputs(uint32_t i, uint32_t* seed, uint32_t* stream, uint32_t* index) {
+    // the triples scripts/reference.py rng_check_inputs() draws
+    *seed = 1234u + i % 3u;
+    *stream = i >> 10;
+    *index = (uint32_t)((uint64_t)i * 2654435761ull);
+}
+
+static void test_rng_host(const ReferenceDump& dump) {
+    const DumpRecord* hashes = dump.find("rng/hash");
+    const DumpRecord* uniforms = dump.find("rng/uniform");
+    if (!hashes || !uniforms || hashes->numel() != uniforms->numel()) {
+        check(false, "rng host", "records rng/hash and rng/uniform missing or of different sizes");
+        return;
+    }
+    size_t n = hashes->numel(), bad_hash = 0, bad_uniform = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t seed, stream, index;
+        rng_check_inputs(i, &seed, &stream, &index);
+        uint32_t h = rng_hash(seed, stream, index);
+        float u = rng_uniform_from_bits(h);
+        bad_hash += h != hashes->as<uint32_t>()[i];
+        bad_uniform += memcmp(&u, &uniforms->as<float>()[i], 4) != 0;
+    }
+    check(bad_hash == 0 && bad_uniform == 0 && n >= 1000000, "rng host == pytorch",
+          "%zu values, %zu hash and %zu uniform mismatches", n, bad_hash, bad_uniform);
+}
+
+__global__ void rng_check_kernel(uint32_t* out, uint32_t n) {
+    uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint32_t seed, stream, index;
+    seed = 1234u + i % 3u;
+    stream = i >> 10;
+    index = i * 2654435761u;
+    out[i] = rng_hash(seed, stream, index);
+}
+
+static void test_rng_device(const ReferenceDump& dump, bool have_gpu) {
+    if (!have_gpu) { skip("rng device == pytorch", "no CUDA device"); return; }
+    const DumpRecord* hashes = dump.find("rng/hash");
+    if (!hashes) { check(false, "rng device == pytorch", "record rng/hash missing"); return; }
+    uint32_t n = (uint32_t)hashes->numel();
+    uint32_t* d_out;
+    std::vector<uint32_t> out(n);
+    cudaCheck(cudaMalloc(&d_out, n * sizeof(uint32_t)));
+    rng_check_kernel<<<CEIL_DIV(n, 256), 256>>>(d_out, n);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaMemcpy(out.data(), d_out, n * sizeof(uint32_t), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(d_out));
+    size_t bad = count_mismatches(out.data(), hashes->as<uint32_t>(), n);
+    check(bad == 0, "rng device == pytorch", "%u values, %zu mismatches", n, bad);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// layer 0's quantizer intermediates (the QKV linear at micro-step 0), recomputed on the host from the dump's
+// inputs with kernels/int4_reference.h: integer outputs must be identical, floats bit-identical where the
+// operations are the same FP32 ops in the same order
+
+static void test_layer0_quantizers_host(const ReferenceDump& dump) {
+    const int B = dump.header[9], T = dump.header[10], C = dump.header[8], g = dump.header[12], L = dump.header[6];
+    const int N = B * T, K = C, M = 3 * C;
+    const uint32_t seed = (uint32_t)dump.header[11];
+    const float keep_ratio = dump.header_float(13);
+    const DumpRecord* x = dump_require(dump, "int4/l0/x", DUMP_F32, (size_t)N * K);
+    const DumpRecord* qkvw = dump_require(dump, "param/qkvw", DUMP_F32, (size_t)L * M * K);
+    const DumpRecord* steps = dump_require(dump, "int4/lsq_steps", DUMP_F32, (size_t)L * 4 * 2);
+    const DumpRecord* x_tilde_ref = dump_require(dump, "int4/l0/x_tilde", DUMP_F32, (size_t)N * K);
+    const DumpRecord* w_tilde_ref = dump_require(dump, "int4/l0/w_tilde", DUMP_F32, (size_t)M * K);
+    const DumpRecord* x_codes_ref = dump_require(dump, "int4/l0/x_codes", DUMP_I8, (size_t)N * K);
+    const DumpRecord* w_codes_ref = dump_require(dump, "int4/l0/w_codes", DUMP_I8, (size_t)M * K);
+    const DumpRecord* x_packed_ref = dump_require(dump, "int4/l0/x_packed", DUMP_U8, (size_t)N * K / 2);
+    const DumpRecord* dy = dump_require(dump, "int4/l0/dy", DUMP_F32, (size_t)N * M);
+    const DumpRecord* dx_high_ref = dump_require(dump, "int4/l0/dx_high", DUMP_I8, (size_t)N * M);
+    const DumpRecord* dx_low_ref = dump_require(dump, "int4/l0/dx_low", DUMP_I8, (size_t)N * M);
+    const DumpRecord* dx_scale_ref = dump_require(dump, "int4/l0/dx_scale", DUMP_F32, (size_t)N);
+    const DumpRecord* scores_ref = dump_require(dump, "int4/l0/lss_scores", DUMP_F32, (size_t)N);
+    const DumpRecord* probs_ref = dump_require(dump, "int4/l0/lss_prob", DUMP_F32, (size_t)N);
+    const DumpRecord* keep_ref = dump_require(dump, "int4/l0/lss_keep", DUMP_U8, (size_t)N);
+    const DumpRecord* dw_high_ref = dump_require(dump, "int4/l0/dw_high", DUMP_I8, (size_t)N * M);
+    const DumpRecord* dw_low_ref = dump_require(dump, "int4/l0/dw_low", DUMP_I8, (size_t)N * M);
+    const DumpRecord* dw_scale_ref = dump_require(dump, "int4/l0/dw_scale", DUMP_F32, 1);
+    if (!x || !qkvw || !steps || !x_tilde_ref || !w_tilde_ref || !x_codes_ref || !w_codes_ref || !x_packed_ref ||
+        !dy || !dx_high_ref || !dx_low_ref || !dx_scale_ref || !scores_ref || !probs_ref || !keep_ref ||
+        !dw_high_ref || !dw_low_ref || !dw_scale_ref) {
+        check(false, "layer0 quantizers host", "dump records missing (see messages above)");
+        return;
+    }
+    // forward: Hadamard transform, LSQ init, INT4 codes, packing
+    std::vector<float> x_tilde((size_t)N * K), w_tilde((size_t)M * K);
+    hadamard_rows_cpu(x->as<float>(), x_tilde.data(), N, K, g);
+    hadamard_rows_cpu(qkvw->as<float>(), w_tilde.data(), M, K, g);
+    check(count_bit_mismatches(x_tilde.data(), x_tilde_ref->as<float>(), x_tilde.size()) == 0,
+          "l0 x_tilde bit-exact", "%zu of %zu differ", count_bit_mismatches(x_tilde.data(), x_tilde_ref->as<float>(), x_tilde.size()), x_tilde.size());
+    check(count_bit_mismatches(w_tilde.data(), w_tilde_ref->as<float>(), w_tilde.size()) == 0,
+          "l0 w_tilde bit-exact", "%zu of %zu differ", count_bit_mismatches(w_tilde.data(), w_tilde_ref->as<float>(), w_tilde.size()), w_tilde.size());
+    float step_x = steps->as<float>()[0], step_w = steps->as<float>()[1];
+    float init_x = lsq_init_step_cpu(x_tilde.data(), x_tilde.size());
+    float init_w = lsq_init_step_cpu(w_tilde.data(), w_tilde.size());
+    // both sides sum |v| in float64 (different order: ~1e-16 relative) and round once to float32, so the
+    // results agree to one float32 ulp (6e-8) at worst
+    float init_diff = fmaxf(max_rel_diff(&init_x, &step_x, 1), max_rel_diff(&init_w, &step_w, 1));
+    check(init_diff <= 1.2e-7f, "l0 LSQ init steps", "x %.8g vs %.8g, w %.8g vs %.8g, rel diff %.2g",
+          init_x, step_x, init_w, step_w, init_diff);
+    std::vector<int8_t> x_codes(x_tilde.size()), w_codes(w_tilde.size());
+    std::vector<uint8_t> x_packed(x_tilde.size() / 2);
+    quantize_int4_cpu(x_tilde.data(), x_codes.data(), x_codes.size(), fabsf(step_x));
+    quantize_int4_cpu(w_tilde.data(), w_codes.data(), w_codes.size(), fabsf(step_w));
+    pack_int4_cpu(x_codes.data(), x_packed.data(), x_codes.size());
+    size_t bad;
+    bad = count_mismatches(x_codes.data(), x_codes_ref->as<int8_t>(), x_codes.size());
+    check(bad == 0, "l0 x INT4 codes", "%zu of %zu differ", bad, x_codes.size());
+    bad = count_mismatches(w_codes.data(), w_codes_ref->as<int8_t>(), w_codes.size());
+    check(bad == 0, "l0 w INT4 codes", "%zu of %zu differ", bad, w_codes.size());
+    bad = count_mismatches(x_packed.data(), x_packed_ref->as<uint8_t>(), x_packed.size());
+    check(bad == 0, "l0 x packed nibbles", "%zu of %zu bytes differ", bad, x_packed.size());
+
+    // backward, ∇X path: per-row bit split with stochastic rounding from the shared hash
+    std::vector<int8_t> operand((size_t)N * M), high((size_t)N * M), low((size_t)N * M);
+    std::vector<float> dx_scale(N);
+    bitsplit_cpu(dy->as<float>(), N, M, true, seed, rng_stream_train(0, 0, RNG_USE_DX_ROUND), operand.data(),
+                 high.data(), low.data(), dx_scale.data());
+    bad = count_mismatches(high.data(), dx_high_ref->as<int8_t>(), high.size()) +
+          count_mismatches(low.data(), dx_low_ref->as<int8_t>(), low.size());
+    check(bad == 0, "l0 dX bit-split halves", "%zu of %zu codes differ", bad, 2 * high.size());
+    bad = count_bit_mismatches(dx_scale.data(), dx_scale_ref->as<float>(), N);
+    check(bad == 0, "l0 dX row scales bit-exact", "%zu of %d differ", bad, N);
+
+    // backward, ∇W path: leverage scores, water-filled probabilities, keep mask, per-tensor bit split
+    std::vector<float> x_hat(x_tilde.size()), scores(N), probs(N), dy_kept((size_t)N * M);
+    for (size_t i = 0; i < x_hat.size(); i++) { x_hat[i] = (float)x_codes[i] * fabsf(step_x); }
+    lss_scores_cpu(dy->as<float>(), M, x_hat.data(), K, N, scores.data());
+    // norms in float64 summed in another order, rounded once to float32: within one ulp (6e-8 relative)
+    float score_diff = max_rel_diff(scores.data(), scores_ref->as<float>(), N);
+    check(score_diff <= 1.2e-7f, "l0 LSS scores", "max rel diff %.2g", score_diff);
+    lss_probabilities_cpu(scores_ref->as<float>(), N, keep_ratio, probs.data());
+    // the water level c comes from float64 sums in another order; the float32 probabilities agree to an ulp
+    float prob_diff = max_rel_diff(probs.data(), probs_ref->as<float>(), N);
+    float prob_sum = 0.0f;
+    for (int i = 0; i < N; i++) prob_sum += probs[i];
+    check(prob_diff <= 1.2e-7f, "l0 LSS probabilities", "max rel diff %.2g, sum %.4f (target %.4f)", prob_diff,
+          prob_sum, keep_ratio * N);
+    std::vector<uint8_t> keep(N);
+    lss_keep_cpu(probs_ref->as<float>(), N, seed, rng_stream_train(0, 0, RNG_USE_LSS_KEEP), keep.data());
+    bad = count_mismatches(keep.data(), keep_ref->as<uint8_t>(), N);
+    check(bad == 0, "l0 LSS keep mask", "%zu of %d differ (%d kept)", bad, N,
+          (int)std::count(keep.begin(), keep.end(), 1));
+    float dw_scale;
+    lss_scale_kept_rows_cpu(dy->as<float>(), N, M, probs_ref->as<float>(), keep_ref->as<uint8_t>(), dy_kept.data());
+    bitsplit_cpu(dy_kept.data(), N, M, false, seed, rng_stream_train(0, 0, RNG_USE_DW_ROUND), operand.data(),
+                 high.data(), low.data(), &dw_scale);
+    bad = count_mismatches(high.data(), dw_high_ref->as<int8_t>(), high.size()) +
+          count_mismatches(low.data(), dw_low_ref->as<int8_t>(), low.size());
+    check(bad == 0, "l0 dW bit-split halves", "%zu of %zu codes differ", bad, 2 * high.size());
+    check(memcmp(&dw_scale, dw_scale_ref->as<float>(), 4) == 0, "l0 dW tensor scale bit-exact", "%.9g vs %.9g",
+          dw_scale, dw_scale_ref->as<float>()[0]);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    const char* dump_path = argc > 1 ? argv[1] : "ref/dump.bin";
+    ReferenceDump dump;
+    if (!reference_dump_load(dump_path, &dump)) { return EXIT_FAILURE; }
+    int device_count = 0;
+    bool have_gpu = cudaGetDeviceCount(&device_count) == cudaSuccess && device_count > 0;
+    printf("test_int4: %s, %s\n", dump_path, have_gpu ? "CUDA device found" : "no CUDA device: GPU checks skip");
+
+    test_rng_host(dump);
+    test_rng_device(dump, have_gpu);
+    test_layer0_quantizers_host(dump);
+
+    printf("test_int4: %d passed, %d failed, %d skipped\n", checks_passed, checks_failed, checks_skipped);
+    return checks_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
