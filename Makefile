@@ -11,7 +11,8 @@ GENCODE := $(foreach a,$(GPU_ARCH),-gencode=arch=compute_$(a),code=sm_$(a))
 NVCC_FLAGS ?= -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -Xcompiler -Wall,-Wno-unused-function
 NVCC_LIBS := -lcublasLt -lcublas
 CXX_FLAGS ?= -O2 -std=c++17 -Wall -Wextra -fno-fast-math
-PYTHON ?= python3
+# the first python3 that has torch: Debian's /usr/bin/python3 in CI (python3-torch), plain python3 on the H100
+PYTHON ?= $(shell for p in python3 /usr/bin/python3; do $$p -c "import torch" 2>/dev/null && echo $$p && break; done)
 
 HEADERS := $(wildcard kernels/*.h)
 DEV_SOURCES := $(wildcard dev/*.cu)
@@ -21,7 +22,7 @@ DATA_SHARDS := data/tinyshakespeare_train.bin data/tinyshakespeare_val.bin
 .PHONY: all dev test bench clean data
 .DEFAULT_GOAL := train_int4
 
-all: train_int4 test_int4 dev tools/test_host data
+all: train_int4 test_int4 dev data ref/dump.bin
 
 train_int4: train_int4.cu $(HEADERS) | data
 	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
