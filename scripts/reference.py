@@ -449,7 +449,7 @@ def run_mode(cfg, params, idx, targets, mode, args, dump, record_layer0):
                              "dx_low": torch.int8, "dw_high": torch.int8, "dw_low": torch.int8,
                              "lss_keep": torch.uint8}.get(key)
                     dump.add(f"int4/l0/{key}", value, dtype)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.step()
         print(f"{mode} step {step}: loss {losses[-1]:.6f}")
     dump.add(f"{mode}/losses", torch.tensor(losses, dtype=torch.float32))
