@@ -61,3 +61,6 @@ clean:
 # the PyTorch reference state test_int4 compares against (CPU torch is enough; ~5 s)
 ref/dump.bin: scripts/reference.py data/tinyshakespeare.txt
 	$(PYTHON) scripts/reference.py --dump $@
+
+ref/dump_bert.bin: scripts/reference.py data/tinyshakespeare.txt
+	$(PYTHON) scripts/reference.py --dump $@ --model bert

@@ -4,6 +4,7 @@ implements, and a dump of one reference state that test_int4.cu compares against
 
     python3 scripts/reference.py --dump ref/dump.bin           # GPT, fp32 and int4 sections
     python3 scripts/reference.py --dump ref/dump.bin --device cuda
+    python3 scripts/reference.py --dump ref/dump_bert.bin --model bert   # MLM and classifier
 
 Runs on torch 1.13 (CPU, Debian's python3-torch) and torch 2.x (CUDA). Everything is FP32 except the
 integer products (exact, done in float64) and a few float64 reductions named in comments.
@@ -264,22 +265,26 @@ class QuantLinearFunction(torch.autograd.Function):
 
 PARAM_NAMES = ["wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
                "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"]
+CLASSIFIER_NAMES = ["clsw", "clsb"]  # BERT fine-tuning head, after llm.c's tensors (init tensor 16, 17)
 QUANT_LINEARS = ["qkv", "attproj", "fc", "fcproj"]  # linear index = layer * 4 + position in this list
 
 
 class Config:
     def __init__(self, vocab_size=256, padded_vocab_size=256, max_seq_len=64, num_layers=2, num_heads=4,
-                 channels=64):
+                 channels=64, num_classes=0):
         self.V, self.Vp, self.maxT = vocab_size, padded_vocab_size, max_seq_len
-        self.L, self.NH, self.C = num_layers, num_heads, channels
+        self.L, self.NH, self.C, self.num_classes = num_layers, num_heads, channels, num_classes
 
 
 def param_shapes(cfg):
     L, C, Vp, maxT = cfg.L, cfg.C, cfg.Vp, cfg.maxT
-    return {"wte": (Vp, C), "wpe": (maxT, C), "ln1w": (L, C), "ln1b": (L, C), "qkvw": (L, 3 * C, C),
+    shapes = {"wte": (Vp, C), "wpe": (maxT, C), "ln1w": (L, C), "ln1b": (L, C), "qkvw": (L, 3 * C, C),
             "qkvb": (L, 3 * C), "attprojw": (L, C, C), "attprojb": (L, C), "ln2w": (L, C), "ln2b": (L, C),
             "fcw": (L, 4 * C, C), "fcb": (L, 4 * C), "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
             "lnfw": (C,), "lnfb": (C,)}
+    if cfg.num_classes > 0:
+        shapes.update({"clsw": (cfg.num_classes, C), "clsb": (cfg.num_classes,)})
+    return shapes
 
 
 def init_params(cfg, seed):
@@ -300,14 +305,16 @@ def init_params(cfg, seed):
 
 
 def weight_decayed(name):
-    return name in ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+    return name in ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw", "clsw")
 
 
-class GPT:
-    """functional GPT over a dict of leaf tensors; mode 'fp32' or 'int4' (the four block linears quantized)"""
+class Transformer:
+    """functional GPT or BERT over a dict of leaf tensors; mode 'fp32' or 'int4' (the four block linears
+    quantized). GPT: causal attention, LM loss on every position. BERT: bidirectional attention with [PAD]
+    keys masked, MLM loss on the positions whose target is not -1, optional classifier on [CLS] (position 0)."""
 
-    def __init__(self, cfg, params, mode, qctx=None):
-        self.cfg, self.mode, self.qctx = cfg, mode, qctx
+    def __init__(self, cfg, params, mode, qctx=None, bert=False):
+        self.cfg, self.mode, self.qctx, self.bert = cfg, mode, qctx, bert
         self.params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         if mode == "int4":
             self.params["lsq_steps"] = torch.zeros(cfg.L, 4, 2, device=params["wte"].device, requires_grad=True)
@@ -324,12 +331,16 @@ class GPT:
         return QuantLinearFunction.apply(x, w, b, p[layer, which, 0], p[layer, which, 1], self.qctx,
                                          layer * 4 + which)
 
-    def forward(self, idx, targets):
+    def encode(self, idx):
+        """embeddings and the blocks, then the final layernorm: (B, T, C)"""
         cfg, P = self.cfg, self.params
         B, T = idx.shape
         C, NH = cfg.C, cfg.NH
         x = P["wte"][idx] + P["wpe"][:T]
-        mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        if self.bert:  # (B, 1, 1, T): every query may look at every non-padding key
+            mask = (idx != TOKEN_PAD)[:, None, None, :]
+        else:
+            mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
         for l in range(cfg.L):
             h = F.layer_norm(x, (C,), P["ln1w"][l], P["ln1b"][l], 1e-5).reshape(B * T, C)
             qkv = self.linear(h, l, 0, P["qkvw"][l], P["qkvb"][l]).reshape(B, T, 3, NH, C // NH)
@@ -343,10 +354,44 @@ class GPT:
             x = x + self.linear(h, l, 3, P["fcprojw"][l], P["fcprojb"][l]).reshape(B, T, C)
         if self.mode == "int4":
             self.steps_initialised = True
-        x = F.layer_norm(x, (C,), P["lnfw"], P["lnfb"], 1e-5)
-        logits = x @ P["wte"].t()  # (B, T, Vp); tied head
-        loss = F.cross_entropy(logits[..., :cfg.V].reshape(-1, cfg.V), targets.reshape(-1))
+        return F.layer_norm(x, (C,), P["lnfw"], P["lnfb"], 1e-5)
+
+    def forward(self, idx, targets):
+        """LM (GPT) or MLM (BERT) head tied to wte: logits (B, T, Vp), loss over the first V columns.
+        Targets of -1 are ignored (BERT's unmasked positions); the mean is over the rest."""
+        V = self.cfg.V
+        logits = self.encode(idx) @ self.params["wte"].t()
+        loss = F.cross_entropy(logits[..., :V].reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def forward_classifier(self, idx, labels):
+        """classifier on the final hidden state of [CLS]: logits (B, n_classes), mean cross-entropy"""
+        P = self.params
+        logits = self.encode(idx)[:, 0] @ P["clsw"].t() + P["clsb"]
+        return logits, F.cross_entropy(logits, labels)
+
+
+# BERT's special tokens, appended to the 256 byte tokens; vocab 260 padded to 384 (a multiple of 128)
+TOKEN_CLS, TOKEN_SEP, TOKEN_MASK, TOKEN_PAD = 256, 257, 258, 259
+BERT_VOCAB, BERT_PADDED_VOCAB = 260, 384
+MLM_SELECT, MLM_USE_MASK, MLM_USE_RANDOM = 0.15, 0.8, 0.9
+
+
+def mlm_mask(tokens, seed, micro_step):
+    """BERT masking from the shared hash (stream: micro-step, linear 0, use 'data'). Position i of the
+    flattened batch uses draws 3i (selected if < 0.15), 3i+1 (< 0.8: [MASK], < 0.9: random byte, else kept)
+    and 3i+2 (the random byte, floor(u * 256)). Only byte tokens are selected. Returns (inputs, targets)
+    with targets -1 where nothing is predicted."""
+    stream = rng_stream_train(micro_step, 0, RNG_USE_DATA)
+    i = torch.arange(tokens.numel(), dtype=torch.int64, device=tokens.device).reshape(tokens.shape)
+    u_select, u_action, u_byte = (rng_uniform(seed, stream, (3 * i + j) & MASK32) for j in range(3))
+    selected = (u_select < f32(MLM_SELECT, u_select)) & (tokens < 256)
+    random_byte = torch.floor(u_byte * 256.0).to(torch.int64)
+    replaced = torch.where(u_action < f32(MLM_USE_MASK, u_action), torch.full_like(tokens, TOKEN_MASK),
+                           torch.where(u_action < f32(MLM_USE_RANDOM, u_action), random_byte, tokens))
+    inputs = torch.where(selected, replaced, tokens)
+    targets = torch.where(selected, tokens, torch.full_like(tokens, -1))
+    return inputs, targets
 
 
 class AdamW:
@@ -424,26 +469,36 @@ def rng_check_inputs(n):
     return 1234 + i % 3, i >> 10, (i * 2654435761) & MASK32
 
 
-def run_mode(cfg, params, idx, targets, mode, args, dump, record_layer0):
+def run_mode(cfg, params, idx, targets, mode, task, args, dump, record_layer0):
+    """10 AdamW steps on one batch; dumps step 0's logits, loss and gradients, and every step's loss.
+    task: 'lm' (GPT), 'mlm' (BERT), 'cls' (BERT classifier, targets = labels); records are named
+    '<mode>/...' for lm/mlm and 'cls_<mode>/...' for cls."""
+    prefix = f"cls_{mode}" if task == "cls" else mode
+    bert = task in ("mlm", "cls")
+    names = PARAM_NAMES + (CLASSIFIER_NAMES if task == "cls" else [])
     qctx = QuantContext(args.seed, args.hadamard_block, args.keep_ratio) if mode == "int4" else None
-    model = GPT(cfg, params, mode, qctx)
+    model = Transformer(cfg, {k: params[k] for k in names}, mode, qctx, bert)
     opt = AdamW(model.params, args.lr, 0.9, 0.95, 1e-8, 0.1, 1.0)
     losses = []
     for step in range(args.steps):
         if qctx is not None:
             qctx.micro_step = step
             qctx.record = {} if (record_layer0 and step == 0) else None
-        logits, loss = model.forward(idx, targets)
+        if task == "cls":
+            logits, loss = model.forward_classifier(idx, targets)
+        else:
+            logits, loss = model.forward(idx, targets)
         if step == 0 and mode == "int4":
-            dump.add("int4/lsq_steps", model.params["lsq_steps"])
+            dump.add(f"{prefix}/lsq_steps", model.params["lsq_steps"])
         loss.backward()
         if step == 0:
-            dump.add(f"{mode}/logits", logits)
-            dump.add(f"{mode}/loss", loss)
-            for name in PARAM_NAMES:
-                dump.add(f"{mode}/grad/{name}", model.params[name].grad)
+            dump.add(f"{prefix}/logits", logits)
+            dump.add(f"{prefix}/loss", loss)
+            for name in names:
+                dump.add(f"{prefix}/grad/{name}", model.params[name].grad)
             if mode == "int4":
-                dump.add("int4/grad/lsq_steps", model.params["lsq_steps"].grad)
+                dump.add(f"{prefix}/grad/lsq_steps", model.params["lsq_steps"].grad)
+            if qctx is not None and qctx.record is not None:
                 for key, value in qctx.record.items():
                     dtype = {"x_codes": torch.int8, "w_codes": torch.int8, "dx_high": torch.int8,
                              "dx_low": torch.int8, "dw_high": torch.int8, "dw_low": torch.int8,
@@ -451,9 +506,19 @@ def run_mode(cfg, params, idx, targets, mode, args, dump, record_layer0):
                     dump.add(f"int4/l0/{key}", value, dtype)
         losses.append(float(loss.detach()))
         opt.step()
-        print(f"{mode} step {step}: loss {losses[-1]:.6f}")
-    dump.add(f"{mode}/losses", torch.tensor(losses, dtype=torch.float32))
+        print(f"{prefix} step {step}: loss {losses[-1]:.6f}")
+    dump.add(f"{prefix}/losses", torch.tensor(losses, dtype=torch.float32))
     return losses
+
+
+def bert_batch(text, B, T):
+    """row b: [CLS], T - 2 - 4*(b % 3) bytes of text, [SEP], then [PAD] up to T (so the padding mask matters)"""
+    rows = []
+    for b in range(B):
+        n = T - 2 - 4 * (b % 3)
+        chunk = list(text[b * T: b * T + n])
+        rows.append([TOKEN_CLS] + chunk + [TOKEN_SEP] + [TOKEN_PAD] * (T - 2 - n))
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 def main():
@@ -462,6 +527,8 @@ def main():
     parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "data",
                                                        "tinyshakespeare.txt"), help="text file, read as bytes")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="gpt", choices=["gpt", "bert"])
+    parser.add_argument("--classes", type=int, default=8, help="BERT classifier classes")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
@@ -481,28 +548,41 @@ def main():
     if not 0.0 < args.keep_ratio <= 1.0:
         parser.error(f"--keep-ratio {args.keep_ratio} is outside (0, 1]")
     torch.manual_seed(0)  # nothing random should come from torch; this only guards against accidents
-    cfg = Config(max_seq_len=max(64, args.seq), num_layers=args.layers, num_heads=args.heads,
-                 channels=args.channels)
+    bert = args.model == "bert"
+    cfg = Config(vocab_size=BERT_VOCAB if bert else 256, padded_vocab_size=BERT_PADDED_VOCAB if bert else 256,
+                 max_seq_len=max(64, args.seq), num_layers=args.layers, num_heads=args.heads,
+                 channels=args.channels, num_classes=args.classes if bert else 0)
     with open(args.data, "rb") as f:
         text = f.read(args.batch * args.seq + 1)
     if len(text) < args.batch * args.seq + 1:
         raise SystemExit(f"{args.data}: {len(text)} bytes, need {args.batch * args.seq + 1}")
-    tokens = torch.tensor(list(text), dtype=torch.int64, device=args.device)
-    idx = tokens[:-1].reshape(args.batch, args.seq)
-    targets = tokens[1:].reshape(args.batch, args.seq)
     params = {k: v.to(args.device) for k, v in init_params(cfg, args.seed).items()}
 
     dump = DumpWriter()
     seeds, streams, indices = rng_check_inputs(args.rng_values)
     dump.add("rng/hash", rng_hash(seeds, streams, indices), DTYPE_U32)
     dump.add("rng/uniform", rng_uniform(seeds, streams, indices))
+    if bert:
+        tokens = bert_batch(text, args.batch, args.seq).to(args.device)
+        idx, targets = mlm_mask(tokens, args.seed, 0)  # one masked batch, reused by all 10 steps
+        labels = torch.arange(args.batch, device=args.device) % args.classes
+        dump.add("tokens", tokens, torch.int32)
+        dump.add("labels", labels, torch.int32)
+    else:
+        tokens = torch.tensor(list(text), dtype=torch.int64, device=args.device)
+        idx = tokens[:-1].reshape(args.batch, args.seq)
+        targets = tokens[1:].reshape(args.batch, args.seq)
     dump.add("inputs", idx, torch.int32)
     dump.add("targets", targets, torch.int32)
-    for name in PARAM_NAMES:
+    for name in param_shapes(cfg):
         dump.add(f"param/{name}", params[name])
-    run_mode(cfg, params, idx, targets, "fp32", args, dump, False)
-    run_mode(cfg, params, idx, targets, "int4", args, dump, True)
-    header = {2: 0, 3: cfg.V, 4: cfg.Vp, 5: cfg.maxT, 6: cfg.L, 7: cfg.NH, 8: cfg.C, 9: args.batch,
+    task = "mlm" if bert else "lm"
+    run_mode(cfg, params, idx, targets, "fp32", task, args, dump, False)
+    run_mode(cfg, params, idx, targets, "int4", task, args, dump, True)
+    if bert:  # the classifier reads the unmasked sequences
+        run_mode(cfg, params, tokens, labels, "fp32", "cls", args, dump, False)
+        run_mode(cfg, params, tokens, labels, "int4", "cls", args, dump, False)
+    header = {2: int(bert), 3: cfg.V, 4: cfg.Vp, 5: cfg.maxT, 6: cfg.L, 7: cfg.NH, 8: cfg.C, 9: args.batch,
               10: args.seq, 11: args.seed, 12: args.hadamard_block, 13: float_bits(args.keep_ratio),
               14: args.steps, 15: float_bits(args.lr), 16: float_bits(0.1), 17: float_bits(0.9),
               18: float_bits(0.95), 19: float_bits(1e-8), 20: float_bits(1.0)}

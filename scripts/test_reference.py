@@ -191,6 +191,29 @@ def test_lsq_step_gradient():
           "LSQ step gradient through QuantLinear", f"{got:.6f} vs formula {expected:.6f}")
 
 
+def test_mlm_masking():
+    # BERT masking from the shared hash: 15% of byte positions selected, of those 80% [MASK], 10% random, 10% kept;
+    # special tokens never selected. With 10^5 positions the binomial standard deviation of the 15% rate is
+    # 0.11 points and of the 80% share 0.33 points: 5 standard deviations give the tolerances below.
+    B, T = 100, 1000
+    tokens = (torch.arange(B * T) % 256).reshape(B, T)
+    tokens[:, 0], tokens[:, -1] = ref.TOKEN_CLS, ref.TOKEN_SEP
+    inputs, targets = ref.mlm_mask(tokens, 42, 3)
+    selected = targets >= 0
+    rate = float(selected.double().mean()) / (1 - 2 / T)
+    masked = float((inputs[selected] == ref.TOKEN_MASK).double().mean())
+    kept = float((inputs[selected] == tokens[selected]).double().mean())
+    check(abs(rate - 0.15) < 0.0056 and abs(masked - 0.8) < 0.017 and abs(kept - 0.1 - 0.1 / 256) < 0.013
+          and not bool(selected[:, 0].any()) and not bool(selected[:, -1].any())
+          and bool((targets[selected] == tokens[selected]).all()) and bool((inputs[~selected] == tokens[~selected]).all()),
+          "MLM masking rates and invariants",
+          f"selected {rate:.4f}, [MASK] {masked:.4f}, kept {kept:.4f}; specials never selected, targets = originals")
+    again, _ = ref.mlm_mask(tokens, 42, 3)
+    other, _ = ref.mlm_mask(tokens, 42, 4)
+    check(bool((again == inputs).all()) and not bool((other == inputs).all()), "MLM masking is a function of (seed, step)",
+          "same draw for the same micro-step, a different one for the next")
+
+
 def main():
     print(f"test_reference: torch {torch.__version__}")
     test_hadamard_orthogonal()
@@ -200,6 +223,7 @@ def main():
     test_lss_unbiased()
     test_quant_linear_backward_unbiased()
     test_lsq_step_gradient()
+    test_mlm_masking()
     return 1 if failures else 0
 
 
