@@ -18,6 +18,7 @@ HEADERS := $(wildcard kernels/*.h)
 DEV_SOURCES := $(wildcard dev/*.cu)
 DEV_BINARIES := $(DEV_SOURCES:.cu=)
 DATA_SHARDS := data/tinyshakespeare_train.bin data/tinyshakespeare_val.bin
+SPEAKER_TASK := data/speakers_train.tsv data/speakers_val.tsv
 
 .PHONY: all dev test bench clean data
 .DEFAULT_GOAL := train_int4
@@ -45,9 +46,13 @@ tools/%: scripts/%.cpp $(HEADERS)
 	$(CXX) $(CXX_FLAGS) -Ikernels $< -o $@ -lm
 
 # byte-level tokens of the bundled tinyshakespeare in llm.c's shard format (first 90% train, last 10% val)
-data: $(DATA_SHARDS)
+data: $(DATA_SHARDS) $(SPEAKER_TASK)
 $(DATA_SHARDS) &: data/tinyshakespeare.txt tools/prepare_shards
 	./tools/prepare_shards data/tinyshakespeare.txt data/tinyshakespeare
+
+# the BERT fine-tuning task: which of the 8 most frequent speakers says a passage (label<TAB>text)
+$(SPEAKER_TASK) &: data/tinyshakespeare.txt tools/prepare_speakers
+	./tools/prepare_speakers data/tinyshakespeare.txt data/speakers
 
 test: all
 	PYTHON=$(PYTHON) bash scripts/run_tests.sh
@@ -56,7 +61,7 @@ bench: dev train_int4
 	bash scripts/bench.sh
 
 clean:
-	rm -rf train_int4 test_int4 $(DEV_BINARIES) tools data/*.bin ref
+	rm -rf train_int4 test_int4 $(DEV_BINARIES) tools data/*.bin data/*.tsv ref
 
 # the PyTorch reference state test_int4 compares against (CPU torch is enough; ~5 s)
 ref/dump.bin: scripts/reference.py data/tinyshakespeare.txt

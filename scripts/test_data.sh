@@ -27,6 +27,26 @@ assert n_train == len(text) // 10 * 9
 PYEOF
 then ok "shards round-trip the text bytes in llm.c format"; else bad "shards round-trip the text bytes in llm.c format"; fi
 
+# the speaker task: 8 labels, one label<TAB>text per line, train and held-out passages disjoint, and the
+# held-out majority class far from trivial (<= 25%)
+./tools/prepare_speakers data/tinyshakespeare.txt "$tmp/sp" > "$tmp/sp.log"
+if "$PY" - "$tmp/sp" "$tmp/sp.log" <<'PYEOF'
+import sys
+prefix, log = sys.argv[1], open(sys.argv[2]).read()
+rows = {part: [l.rstrip("\n").split("\t") for l in open(f"{prefix}_{part}.tsv", encoding="utf-8")] for part in ("train", "val")}
+for part, r in rows.items():
+    assert all(len(x) == 2 and x[1] for x in r), f"{part}: a line is not label<TAB>text"
+labels = {x[0] for x in rows["train"]} | {x[0] for x in rows["val"]}
+assert len(labels) == 8, labels
+shared = {x[1] for x in rows["train"]} & {x[1] for x in rows["val"]}
+assert all(len(t) < 40 for t in shared), f"long held-out passages also in train: {shared}"  # "I am content." may recur
+assert len(rows["train"]) > 800 and len(rows["val"]) > 150, (len(rows["train"]), len(rows["val"]))
+counts = {l: sum(x[0] == l for x in rows["val"]) for l in labels}
+assert max(counts.values()) / len(rows["val"]) <= 0.25, counts
+assert "majority-class baseline" in log
+PYEOF
+then ok "speaker task: 8 classes, label<TAB>text, disjoint splits, majority baseline <= 25%"; else bad "speaker task: 8 classes, label<TAB>text, disjoint splits, majority baseline <= 25%"; fi
+
 expect_error() {  # NAME PATTERN CMD...: non-zero exit, one-line message matching PATTERN, no shard left
     local name=$1 pattern=$2; shift 2
     local out rc; out=$("$@" 2>&1); rc=$?
