@@ -40,11 +40,13 @@ inline size_t dump_dtype_size(int dtype) {
     }
 }
 
-// reads the whole file; on any problem prints "<path>: <what was expected>" to stderr and returns false
-inline bool reference_dump_load(const char* path, ReferenceDump* dump) {
-    FILE* f = fopen(path, "rb");
-    if (!f) { fprintf(stderr, "%s: cannot open reference dump (make it with `make ref/dump.bin`)\n", path); return false; }
+// reads a whole dump from f (named path in messages); on any problem prints "<path>: <what was expected>"
+// to stderr and returns false. Sizes are checked against the bytes left before anything is allocated.
+inline bool reference_dump_read(FILE* f, const char* path, ReferenceDump* dump) {
     bool ok = false;
+    if (fseek(f, 0, SEEK_END) != 0) { fprintf(stderr, "%s: not a seekable file\n", path); return false; }
+    long file_size = ftell(f);
+    rewind(f);
     char why[256] = "";
     if (fread(dump->header, sizeof(int32_t), 256, f) != 256) {
         snprintf(why, sizeof why, "shorter than the 1024-byte header");
@@ -77,21 +79,33 @@ inline bool reference_dump_load(const char* path, ReferenceDump* dump) {
                 snprintf(why, sizeof why, "record '%s': truncated dims", r.name.c_str()); break;
             }
             bool dims_ok = true;
-            for (int d : r.dims) dims_ok = dims_ok && d >= 0 && d <= (1 << 30);
-            size_t bytes = r.numel() * dump_dtype_size(r.dtype);
-            if (!dims_ok || bytes > ((size_t)1 << 32)) {
-                snprintf(why, sizeof why, "record '%s': implausible dims", r.name.c_str()); break;
+            size_t numel = 1;  // checked as it grows so a hostile header cannot overflow it
+            for (int d : r.dims) {
+                dims_ok = dims_ok && d >= 0 && (d == 0 || numel <= ((size_t)1 << 34) / (size_t)d);
+                if (dims_ok) numel *= (size_t)d;
+            }
+            if (!dims_ok) { snprintf(why, sizeof why, "record '%s': implausible dims", r.name.c_str()); break; }
+            size_t bytes = numel * dump_dtype_size(r.dtype);
+            if (bytes > (size_t)(file_size - ftell(f))) {
+                snprintf(why, sizeof why, "record '%s': truncated data (%zu bytes expected)", r.name.c_str(), bytes); break;
             }
             r.data.resize(bytes);
             if (bytes > 0 && fread(r.data.data(), 1, bytes, f) != bytes) {
-                snprintf(why, sizeof why, "record '%s': truncated data (%zu bytes expected)", r.name.c_str(), bytes); break;
+                snprintf(why, sizeof why, "record '%s': read error", r.name.c_str()); break;
             }
             dump->records.push_back(std::move(r));
             ok = true;
         }
     }
-    fclose(f);
     if (!ok) fprintf(stderr, "%s: %s\n", path, why);
+    return ok;
+}
+
+inline bool reference_dump_load(const char* path, ReferenceDump* dump) {
+    FILE* f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "%s: cannot open reference dump (make it with `make ref/dump.bin`)\n", path); return false; }
+    bool ok = reference_dump_read(f, path, dump);
+    fclose(f);
     return ok;
 }
 

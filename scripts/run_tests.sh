@@ -43,6 +43,7 @@ run "PyTorch reference properties" "$PYTHON" scripts/test_reference.py
 run "data tools" bash scripts/test_data.sh
 run "test_int4 vs reference dump" ./test_int4 ref/dump.bin
 run "bad inputs" bash scripts/test_bad_inputs.sh
+run "fuzzing the loaders" bash scripts/run_fuzzers.sh
 for t in dev/test_*.cu; do
     [ -e "$t" ] && run "${t%.cu}" "./${t%.cu}"
 done
