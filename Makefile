@@ -23,7 +23,7 @@ SPEAKER_TASK := data/speakers_train.tsv data/speakers_val.tsv
 .PHONY: all dev test bench clean data
 .DEFAULT_GOAL := train_int4
 
-all: train_int4 test_int4 dev data ref/dump.bin
+all: train_int4 test_int4 dev data ref/dump.bin ref/dump_bert.bin
 
 train_int4: train_int4.cu $(HEADERS) | data
 	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@

@@ -9,6 +9,7 @@ non-zero if any check failed. Checks that need a GPU print SKIP (with the reason
 #include "train_int4.cu"
 #include <stdarg.h>
 #include "kernels/int4_reference.h"
+#include "kernels/mlm.h"
 #include "kernels/reference_dump.h"
 
 // ----------------------------------------------------------------------------------------------------------
@@ -214,6 +215,34 @@ static void test_layer0_quantizers_host(const ReferenceDump& dump) {
           dw_scale, dw_scale_ref->as<float>()[0]);
 }
 
+// BERT dumps: the MLM corruption of the dump's batch (micro-step 0) recomputed on the host and the device
+static void test_mlm_masking(const ReferenceDump& dump, bool have_gpu) {
+    const int n = dump.header[9] * dump.header[10];
+    const DumpRecord* tokens = dump_require(dump, "tokens", DUMP_I32, (size_t)n);
+    const DumpRecord* inputs = dump_require(dump, "inputs", DUMP_I32, (size_t)n);
+    const DumpRecord* targets = dump_require(dump, "targets", DUMP_I32, (size_t)n);
+    if (!tokens || !inputs || !targets) { check(false, "mlm masking host", "dump records missing"); return; }
+    uint32_t key = rng_key((uint32_t)dump.header[11], rng_stream_train(0, 0, RNG_USE_DATA));
+    std::vector<int> in(n), tg(n);
+    for (int i = 0; i < n; i++) mlm_corrupt_token(tokens->as<int>()[i], key, (uint32_t)i, &in[i], &tg[i]);
+    size_t bad = count_mismatches(in.data(), inputs->as<int>(), n) + count_mismatches(tg.data(), targets->as<int>(), n);
+    int predicted = (int)std::count_if(tg.begin(), tg.end(), [](int t) { return t >= 0; });
+    check(bad == 0, "mlm masking host == pytorch", "%zu of %d differ, %d positions predicted", bad, 2 * n, predicted);
+    if (!have_gpu) { skip("mlm masking device == pytorch", "no CUDA device"); return; }
+    int *d_tokens, *d_targets;
+    cudaCheck(cudaMalloc(&d_tokens, n * sizeof(int)));
+    cudaCheck(cudaMalloc(&d_targets, n * sizeof(int)));
+    cudaCheck(cudaMemcpy(d_tokens, tokens->as<int>(), n * sizeof(int), cudaMemcpyHostToDevice));
+    mlm_corrupt_kernel<<<CEIL_DIV(n, 256), 256>>>(d_tokens, d_targets, n, key);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaMemcpy(in.data(), d_tokens, n * sizeof(int), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(tg.data(), d_targets, n * sizeof(int), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(d_tokens));
+    cudaCheck(cudaFree(d_targets));
+    bad = count_mismatches(in.data(), inputs->as<int>(), n) + count_mismatches(tg.data(), targets->as<int>(), n);
+    check(bad == 0, "mlm masking device == pytorch", "%zu of %d differ", bad, 2 * n);
+}
+
 // ----------------------------------------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
@@ -227,6 +256,7 @@ int main(int argc, char** argv) {
     test_rng_host(dump);
     test_rng_device(dump, have_gpu);
     test_layer0_quantizers_host(dump);
+    if (dump.header[2] == 1) test_mlm_masking(dump, have_gpu);
 
     printf("test_int4: %d passed, %d failed, %d skipped\n", checks_passed, checks_failed, checks_skipped);
     return checks_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -42,6 +42,7 @@ run "fat binaries" check_fatbinaries
 run "PyTorch reference properties" "$PYTHON" scripts/test_reference.py
 run "data tools" bash scripts/test_data.sh
 run "test_int4 vs reference dump" ./test_int4 ref/dump.bin
+run "test_int4 vs BERT reference dump" ./test_int4 ref/dump_bert.bin
 run "bad inputs" bash scripts/test_bad_inputs.sh
 run "fuzzing the loaders" bash scripts/run_fuzzers.sh
 for t in dev/test_*.cu; do
