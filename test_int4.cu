@@ -10,6 +10,7 @@ non-zero if any check failed. Checks that need a GPU print SKIP (with the reason
 #include <stdarg.h>
 #include "kernels/int4_reference.h"
 #include "kernels/mlm.h"
+#include "kernels/classification_data.h"
 #include "kernels/reference_dump.h"
 
 // ----------------------------------------------------------------------------------------------------------
@@ -244,6 +245,45 @@ static void test_mlm_masking(const ReferenceDump& dump, bool have_gpu) {
 }
 
 // ----------------------------------------------------------------------------------------------------------
+// file loaders (host): the classification task format
+
+static bool load_classification_text(const char* text, const std::vector<std::string>* known, ClassificationSet* set) {
+    FILE* f = fmemopen((void*)text, strlen(text), "rb");
+    if (!f) return false;
+    bool ok = classification_read(f, "memory", known, set);
+    fclose(f);
+    return ok;
+}
+
+static void test_classification_loader() {
+    ClassificationSet train, val;
+    bool ok = classification_load("data/speakers_train.tsv", nullptr, &train) &&
+              classification_load("data/speakers_val.tsv", &train.label_names, &val);
+    check(ok && train.label_names.size() == 8 && train.labels.size() > 800 && val.labels.size() > 150,
+          "speaker task loads", "%zu classes, %zu train and %zu held-out examples", train.label_names.size(),
+          train.labels.size(), val.labels.size());
+    ok = load_classification_text("b\tsecond\r\na\tfirst\n\nb\tthird", nullptr, &train);
+    check(ok && train.label_names == std::vector<std::string>{"a", "b"} && train.labels == std::vector<int>{1, 0, 1} &&
+          train.texts[0] == "second" && train.texts[2] == "third", "classification labels sorted, CRLF and blank lines",
+          "labels a=0 b=1, texts read without line endings");
+    int row[8];
+    classification_tokens("hello world", 8, row);
+    check(row[0] == TOKEN_CLS && row[1] == 'h' && row[5] == 'o' && row[6] == ' ' && row[7] == TOKEN_SEP, "classification tokens truncate",
+          "[CLS] + first T-2 bytes + [SEP]");
+    classification_tokens("hi", 8, row);
+    check(row[3] == TOKEN_SEP && row[4] == TOKEN_PAD && row[7] == TOKEN_PAD, "classification tokens pad", "[CLS] h i [SEP] [PAD]...");
+    // bad files: each is rejected (the loader prints its one-line reason on stderr)
+    const char* bad_files[] = {"", "\n\n", "no tab here\n", "\ttext without label\n", "label without text\t\n",
+                               "a\tonly one class\na\tagain\n"};
+    int rejected = 0;
+    for (const char* text : bad_files) rejected += !load_classification_text(text, nullptr, &train);
+    std::vector<std::string> known = {"a", "b"};
+    rejected += !load_classification_text("c\tunknown label\n", &known, &val);
+    rejected += !classification_load("data/does_not_exist.tsv", nullptr, &train);
+    check(rejected == 8, "classification bad files rejected", "%d of 8 (empty, blank, no tab, no label, no text, one class, unknown label, missing)", rejected);
+}
+
+// ----------------------------------------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
     const char* dump_path = argc > 1 ? argv[1] : "ref/dump.bin";
@@ -256,7 +296,10 @@ int main(int argc, char** argv) {
     test_rng_host(dump);
     test_rng_device(dump, have_gpu);
     test_layer0_quantizers_host(dump);
-    if (dump.header[2] == 1) test_mlm_masking(dump, have_gpu);
+    if (dump.header[2] == 1) {
+        test_mlm_masking(dump, have_gpu);
+        test_classification_loader();
+    }
 
     printf("test_int4: %d passed, %d failed, %d skipped\n", checks_passed, checks_failed, checks_skipped);
     return checks_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
