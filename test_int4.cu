@@ -11,6 +11,7 @@ non-zero if any check failed. Checks that need a GPU print SKIP (with the reason
 #include "kernels/int4_reference.h"
 #include "kernels/mlm.h"
 #include "kernels/classification_data.h"
+#include "kernels/qstats.h"
 #include "kernels/reference_dump.h"
 
 // ----------------------------------------------------------------------------------------------------------
@@ -245,6 +246,57 @@ static void test_mlm_masking(const ReferenceDump& dump, bool have_gpu) {
 }
 
 // ----------------------------------------------------------------------------------------------------------
+// quantization telemetry (kernels/qstats.h) against a float64 host computation, on activations with outliers
+
+static void test_quant_error_device(bool have_gpu) {
+    if (!have_gpu) { skip("quant_error telemetry", "no CUDA device"); return; }
+    const int rows = 333, K = 256;  // rows not a multiple of anything the kernel tiles by
+    std::vector<float> x((size_t)rows * K), xt((size_t)rows * K);
+    uint32_t key = rng_key(7, 7);
+    for (size_t i = 0; i < x.size(); i++) x[i] = rng_normal(key, (uint32_t)i) * ((i % K) % 61 == 3 ? 20.0f : 1.0f);
+    float* d_x;
+    double* d_scratch;
+    cudaCheck(cudaMalloc(&d_x, x.size() * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_scratch, 4 * sizeof(double)));
+    cudaCheck(cudaMemcpy(d_x, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
+    for (int g : {0, 32, 128}) {
+        QuantError got = quant_error(d_x, rows, K, g, 0.0f, d_scratch, 0);
+        if (g > 0) hadamard_rows_cpu(x.data(), xt.data(), rows, K, g); else xt = x;
+        float step = lsq_init_step_cpu(xt.data(), xt.size());
+        double err = 0.0, norm = 0.0, ratio = 0.0;
+        for (float v : xt) {
+            double e = (double)quantize_int4(v, step) * step - v;
+            err += e * e;
+            norm += (double)v * v;
+            ratio = fmax(ratio, fabs(v) / step);
+        }
+        float want = (float)sqrt(err / norm);
+        // FP32 partial sums over up to 128 values, then FP64: relative differences ~1e-6; a code flipped by a
+        // step that differs in the last bit moves the error by ~1e-6 too. 1e-4 leaves room and catches real bugs.
+        bool ok = fabsf(got.step - step) <= 1e-5f * step && fabsf(got.relative_error - want) <= 1e-4f * want &&
+                  fabsf(got.outlier_ratio - (float)ratio) <= 1e-4f * (float)ratio;
+        char name[64];
+        snprintf(name, sizeof name, "quant_error telemetry g=%d", g);
+        check(ok, name, "step %.6g vs %.6g, rel error %.5f vs %.5f, outlier ratio %.3f vs %.3f", got.step, step,
+              got.relative_error, want, got.outlier_ratio, (float)ratio);
+    }
+    // auto block choice: must return the g whose product of errors is smallest (checked against the host)
+    int chosen = hadamard_block_auto(d_x, rows, d_x, rows, K, d_scratch, 0);
+    float best = 1e30f;
+    int best_g = 0;
+    for (int g = 16; g <= 128; g *= 2) {
+        hadamard_rows_cpu(x.data(), xt.data(), rows, K, g);
+        float step = lsq_init_step_cpu(xt.data(), xt.size());
+        double err = 0.0, norm = 0.0;
+        for (float v : xt) { double e = (double)quantize_int4(v, step) * step - v; err += e * e; norm += (double)v * v; }
+        if (err / norm < best) { best = (float)(err / norm); best_g = g; }
+    }
+    check(chosen == best_g, "hadamard_block_auto", "chose g=%d, host float64 says g=%d", chosen, best_g);
+    cudaCheck(cudaFree(d_x));
+    cudaCheck(cudaFree(d_scratch));
+}
+
+// ----------------------------------------------------------------------------------------------------------
 // file loaders (host): the classification task format
 
 static bool load_classification_text(const char* text, const std::vector<std::string>* known, ClassificationSet* set) {
@@ -296,6 +348,7 @@ int main(int argc, char** argv) {
     test_rng_host(dump);
     test_rng_device(dump, have_gpu);
     test_layer0_quantizers_host(dump);
+    test_quant_error_device(have_gpu);
     if (dump.header[2] == 1) {
         test_mlm_masking(dump, have_gpu);
         test_classification_loader();

@@ -51,15 +51,13 @@ HD uint32_t rng_stream_train(uint32_t micro_step, uint32_t linear_index, uint32_
     return ((micro_step & 0x1ffffu) << 14) | ((linear_index & 0xfffu) << 2) | (use & 3u);
 }
 
-// standard normal for weight init: Box-Muller in double from two draws (indices 2i, 2i+1);
+// standard normal for weight init (host only): Box-Muller in double from two draws (indices 2i, 2i+1);
 // double keeps the float32 result identical to the PyTorch float64 computation in practice
 // (both sides use correctly rounded log/cos on the same inputs up to libm's last-bit differences,
 // which float32 rounding hides; init is compared with a tolerance, not bit for bit)
-#ifndef __CUDA_ARCH__
 #include <math.h>
 inline float rng_normal(uint32_t key, uint32_t i) {
     double u1 = ((double)(rng_hash_keyed(key, 2 * i) >> 8) + 1.0) / 16777216.0;  // (0, 1]
     double u2 = (double)(rng_hash_keyed(key, 2 * i + 1) >> 8) / 16777216.0;       // [0, 1)
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
-#endif
