@@ -34,10 +34,10 @@ static void skip(const char* name, const char* why) {
     checks_skipped++;
 }
 
-// number of positions where two integer arrays differ
+// number of positions where two arrays differ in value (for floats: -0 == +0, NaN never equal)
 template <typename A, typename B> static size_t count_mismatches(const A* a, const B* b, size_t n) {
     size_t bad = 0;
-    for (size_t i = 0; i < n; i++) { bad += (int64_t)a[i] != (int64_t)b[i]; }
+    for (size_t i = 0; i < n; i++) { bad += !(a[i] == b[i]); }
     return bad;
 }
 
@@ -245,6 +245,51 @@ static void test_mlm_masking(const ReferenceDump& dump, bool have_gpu) {
     check(bad == 0, "mlm masking device == pytorch", "%zu of %d differ", bad, 2 * n);
 }
 
+// the whole quantized layer 0 (QKV) on the host: forward output and every gradient of its backward
+static void test_layer0_linear_host(const ReferenceDump& dump) {
+    const int B = dump.header[9], T = dump.header[10], C = dump.header[8], g = dump.header[12], L = dump.header[6];
+    const int N = B * T, K = C, M = 3 * C;
+    const DumpRecord* x = dump_require(dump, "int4/l0/x", DUMP_F32, (size_t)N * K);
+    const DumpRecord* qkvw = dump_require(dump, "param/qkvw", DUMP_F32, (size_t)L * M * K);
+    const DumpRecord* qkvb = dump_require(dump, "param/qkvb", DUMP_F32, (size_t)L * M);
+    const DumpRecord* steps = dump_require(dump, "int4/lsq_steps", DUMP_F32, (size_t)L * 4 * 2);
+    const DumpRecord* dy = dump_require(dump, "int4/l0/dy", DUMP_F32, (size_t)N * M);
+    const DumpRecord* y_ref = dump_require(dump, "int4/l0/y", DUMP_F32, (size_t)N * M);
+    const DumpRecord* dx_ref = dump_require(dump, "int4/l0/dx", DUMP_F32, (size_t)N * K);
+    const DumpRecord* dw_ref = dump_require(dump, "int4/l0/dw", DUMP_F32, (size_t)M * K);
+    const DumpRecord* db_ref = dump_require(dump, "int4/l0/db", DUMP_F32, (size_t)M);
+    const DumpRecord* dsx_ref = dump_require(dump, "int4/l0/dstep_x", DUMP_F32, 1);
+    const DumpRecord* dsw_ref = dump_require(dump, "int4/l0/dstep_w", DUMP_F32, 1);
+    if (!x || !qkvw || !qkvb || !steps || !dy || !y_ref || !dx_ref || !dw_ref || !db_ref || !dsx_ref || !dsw_ref) {
+        check(false, "layer0 linear host", "dump records missing (see messages above)");
+        return;
+    }
+    std::vector<float> x_tilde((size_t)N * K), w_tilde((size_t)M * K), y((size_t)N * M), dx((size_t)N * K),
+        dw((size_t)M * K), db(M);
+    std::vector<int8_t> x_codes((size_t)N * K), w_codes((size_t)M * K);
+    float step_x = steps->as<float>()[0], step_w = steps->as<float>()[1], dstep_x, dstep_w;
+    hq_linear_forward_cpu(x->as<float>(), qkvw->as<float>(), qkvb->as<float>(), N, M, K, g, step_x, step_w,
+                          x_tilde.data(), w_tilde.data(), x_codes.data(), w_codes.data(), y.data());
+    lss_linear_backward_cpu(dy->as<float>(), x_tilde.data(), w_tilde.data(), x_codes.data(), w_codes.data(), N, M,
+                            K, g, step_x, step_w, dump.header_float(13), (uint32_t)dump.header[11], 0, 0, dx.data(),
+                            dw.data(), db.data(), &dstep_x, &dstep_w);
+    // the same FP32 operations in the same order as PyTorch: equal values expected (integer products are exact)
+    size_t bad = count_mismatches(y.data(), y_ref->as<float>(), y.size());
+    check(bad == 0, "l0 HQ forward y exact", "%zu of %zu differ (max rel %.2g)", bad, y.size(), max_rel_diff(y.data(), y_ref->as<float>(), y.size()));
+    bad = count_mismatches(dx.data(), dx_ref->as<float>(), dx.size());
+    check(bad == 0, "l0 BS backward dX exact", "%zu of %zu differ (max rel %.2g)", bad, dx.size(), max_rel_diff(dx.data(), dx_ref->as<float>(), dx.size()));
+    bad = count_mismatches(dw.data(), dw_ref->as<float>(), dw.size());
+    check(bad == 0, "l0 LSS backward dW exact", "%zu of %zu differ (max rel %.2g)", bad, dw.size(), max_rel_diff(dw.data(), dw_ref->as<float>(), dw.size()));
+    // sums over 128 tokens / 8192 elements in another order: FP32 bias sums differ by ~N ulps of the largest
+    // partial sum, the float64 step sums by one float32 rounding; 1e-5 relative (of the largest value) covers both
+    float db_max = 0.0f, db_err = 0.0f;
+    for (int m = 0; m < M; m++) { db_max = fmaxf(db_max, fabsf(db_ref->as<float>()[m])); db_err = fmaxf(db_err, fabsf(db[m] - db_ref->as<float>()[m])); }
+    check(db_err <= 1e-5f * db_max, "l0 bias gradient", "max abs diff %.2g (largest %.3g)", db_err, db_max);
+    float step_diff = fmaxf(max_rel_diff(&dstep_x, dsx_ref->as<float>(), 1), max_rel_diff(&dstep_w, dsw_ref->as<float>(), 1));
+    check(step_diff <= 1e-5f, "l0 LSQ step gradients", "x %.7g vs %.7g, w %.7g vs %.7g", dstep_x, dsx_ref->as<float>()[0],
+          dstep_w, dsw_ref->as<float>()[0]);
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // quantization telemetry (kernels/qstats.h) against a float64 host computation, on activations with outliers
 
@@ -348,6 +393,7 @@ int main(int argc, char** argv) {
     test_rng_host(dump);
     test_rng_device(dump, have_gpu);
     test_layer0_quantizers_host(dump);
+    test_layer0_linear_host(dump);
     test_quant_error_device(have_gpu);
     if (dump.header[2] == 1) {
         test_mlm_masking(dump, have_gpu);

@@ -123,3 +123,91 @@ inline void lss_scale_kept_rows_cpu(const float* dy, int rows, int M, const floa
         }
     }
 }
+
+// ----------------------------------------------------------------------------------------------------------
+// The whole quantized linear layer on the CPU (scripts/reference.py QuantLinearFunction, op for op)
+
+// HQ-MM forward: y (N x M) = |s_x|·|s_w| · (q(x·H) · q(w·H)ᵀ) + b; also returns the transformed tensors and
+// the codes the backward needs. x: N x K, w: M x K, b: M (or null).
+inline void hq_linear_forward_cpu(const float* x, const float* w, const float* b, int N, int M, int K, int g,
+                                  float step_x, float step_w, float* x_tilde, float* w_tilde, int8_t* x_codes,
+                                  int8_t* w_codes, float* y) {
+    hadamard_rows_cpu(x, x_tilde, N, K, g);
+    hadamard_rows_cpu(w, w_tilde, M, K, g);
+    quantize_int4_cpu(x_tilde, x_codes, (size_t)N * K, fabsf(step_x));
+    quantize_int4_cpu(w_tilde, w_codes, (size_t)M * K, fabsf(step_w));
+    std::vector<int32_t> acc((size_t)N * M);
+    int_gemm_abt_cpu(x_codes, w_codes, acc.data(), N, M, K);
+    float scale = F32_MUL(fabsf(step_x), fabsf(step_w));
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < M; j++) {
+            float v = F32_MUL((float)acc[(size_t)i * M + j], scale);
+            y[(size_t)i * M + j] = b ? F32_ADD(v, b[j]) : v;
+        }
+    }
+}
+
+// the LSQ step gradient of one quantized tensor: sign(s) · Σ(∇v̂ · term(v)) / √(n·7), the sum in double
+inline float lsq_step_grad_cpu(const float* grad_hat, const float* v_tilde, size_t n, float step) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) { sum += (double)grad_hat[i] * (double)lsq_step_grad_term(v_tilde[i], fabsf(step)); }
+    float g = (float)(sum / sqrt((double)n * 7.0));
+    return step > 0.0f ? g : (step < 0.0f ? -g : 0.0f);
+}
+
+// BS + LSS backward of the layer above, given ∇y (N x M): dx (N x K), dw (M x K), db (M), the two step
+// gradients. Draws use streams (micro_step, linear_index, use) of `seed`.
+inline void lss_linear_backward_cpu(const float* dy, const float* x_tilde, const float* w_tilde,
+                                    const int8_t* x_codes, const int8_t* w_codes, int N, int M, int K, int g,
+                                    float step_x, float step_w, float keep_ratio, uint32_t seed, uint32_t micro_step,
+                                    uint32_t linear_index, float* dx, float* dw, float* db, float* dstep_x,
+                                    float* dstep_w) {
+    const float sx = fabsf(step_x), sw = fabsf(step_w);
+    // ∇X path: per-row bit split, s8 x s4 GEMM over M, dequantised by |s_w| / scale_row
+    std::vector<int8_t> op((size_t)N * M), w_codes_t((size_t)K * M), x_codes_t((size_t)K * N), op_t((size_t)M * N);
+    std::vector<float> row_scale(N), dx_hat((size_t)N * K), dw_hat((size_t)M * K), masked;
+    std::vector<int32_t> acc((size_t)N * K);
+    bitsplit_cpu(dy, N, M, true, seed, rng_stream_train(micro_step, linear_index, RNG_USE_DX_ROUND), op.data(),
+                 nullptr, nullptr, row_scale.data());
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++) w_codes_t[(size_t)k * M + m] = w_codes[(size_t)m * K + k];
+    int_gemm_abt_cpu(op.data(), w_codes_t.data(), acc.data(), N, K, M);
+    for (int i = 0; i < N; i++) {
+        float coef = row_scale[i] > 0.0f ? F32_DIV(sw, row_scale[i]) : 0.0f;
+        for (int k = 0; k < K; k++) dx_hat[(size_t)i * K + k] = F32_MUL((float)acc[(size_t)i * K + k], coef);
+    }
+    // ∇W path: LSS over token rows, kept rows scaled by 1/p, per-tensor bit split, GEMM over tokens
+    std::vector<float> x_hat((size_t)N * K), scores(N), probs(N), dy_kept((size_t)N * M);
+    std::vector<uint8_t> keep(N);
+    for (size_t e = 0; e < x_hat.size(); e++) x_hat[e] = (float)x_codes[e] * sx;
+    lss_scores_cpu(dy, M, x_hat.data(), K, N, scores.data());
+    lss_probabilities_cpu(scores.data(), N, keep_ratio, probs.data());
+    lss_keep_cpu(probs.data(), N, seed, rng_stream_train(micro_step, linear_index, RNG_USE_LSS_KEEP), keep.data());
+    lss_scale_kept_rows_cpu(dy, N, M, probs.data(), keep.data(), dy_kept.data());
+    float tensor_scale;
+    bitsplit_cpu(dy_kept.data(), N, M, false, seed, rng_stream_train(micro_step, linear_index, RNG_USE_DW_ROUND),
+                 op.data(), nullptr, nullptr, &tensor_scale);
+    for (int i = 0; i < N; i++) {
+        for (int m = 0; m < M; m++) op_t[(size_t)m * N + i] = op[(size_t)i * M + m];
+        for (int k = 0; k < K; k++) x_codes_t[(size_t)k * N + i] = x_codes[(size_t)i * K + k];
+    }
+    acc.resize((size_t)M * K);
+    int_gemm_abt_cpu(op_t.data(), x_codes_t.data(), acc.data(), M, K, N);
+    float coef_w = tensor_scale > 0.0f ? F32_DIV(sx, tensor_scale) : 0.0f;
+    for (size_t e = 0; e < dw_hat.size(); e++) dw_hat[e] = F32_MUL((float)acc[e], coef_w);
+    // straight-through masks in the transformed domain, then back through H (symmetric)
+    masked.resize((size_t)N * K);
+    // multiplying by 1 or 0 (not selecting) keeps the sign of zero the same as PyTorch's mask product
+    for (size_t e = 0; e < masked.size(); e++) masked[e] = F32_MUL(dx_hat[e], lsq_in_range(x_tilde[e], sx) ? 1.0f : 0.0f);
+    hadamard_rows_cpu(masked.data(), dx, N, K, g);
+    masked.resize((size_t)M * K);
+    for (size_t e = 0; e < masked.size(); e++) masked[e] = F32_MUL(dw_hat[e], lsq_in_range(w_tilde[e], sw) ? 1.0f : 0.0f);
+    hadamard_rows_cpu(masked.data(), dw, M, K, g);
+    *dstep_x = lsq_step_grad_cpu(dx_hat.data(), x_tilde, (size_t)N * K, step_x);
+    *dstep_w = lsq_step_grad_cpu(dw_hat.data(), w_tilde, (size_t)M * K, step_w);
+    for (int m = 0; m < M; m++) {
+        double sum = 0.0;
+        for (int i = 0; i < N; i++) sum += dy[(size_t)i * M + m];
+        db[m] = (float)sum;
+    }
+}

@@ -218,7 +218,7 @@ class QuantLinearFunction(torch.autograd.Function):
         ctx.qctx, ctx.linear_index, ctx.micro_step = qctx, linear_index, qctx.micro_step
         if qctx.record is not None and linear_index == 0:
             qctx.record.update({"x": x, "x_tilde": x_tilde, "w_tilde": w_tilde, "x_codes": qx, "w_codes": qw,
-                                "x_packed": pack_int4(qx)})
+                                "x_packed": pack_int4(qx), "y": y})
         return y
 
     @staticmethod
@@ -256,7 +256,9 @@ class QuantLinearFunction(torch.autograd.Function):
         if qctx.record is not None and ctx.linear_index == 0:
             qctx.record.update({"dy": dy, "dx_high": high_dx, "dx_low": low_dx, "dx_scale": scale_dx,
                                 "lss_scores": scores, "lss_prob": probs, "lss_keep": keep,
-                                "dw_high": high_dw, "dw_low": low_dw, "dw_scale": scale_dw.reshape(())})
+                                "dw_high": high_dw, "dw_low": low_dw, "dw_scale": scale_dw.reshape(()),
+                                "dx": dx, "dw": dw, "db": db, "dstep_x": dstep_x.reshape(()),
+                                "dstep_w": dstep_w.reshape(())})
         return dx, dw, db, dstep_x.reshape(step_x.shape), dstep_w.reshape(step_w.shape), None, None
 
 
