@@ -1,13 +1,946 @@
-// train_int4: GPT/BERT training with every linear-layer matmul in INT4 (Xi et al., 2023).
-// Placeholder until the trainer lands (issue: the GPT trainer in FP32 and BF16): prints the plan and exits.
+/*
+train_int4: trains a GPT on token shards, in the spirit of llm.c's train_gpt2.cu, in FP32 or BF16 — and, when
+the INT4 training mode lands, with every linear layer in the blocks done in 4-bit integers (Xi et al. 2023).
+
+    make train_int4 && ./train_int4            # small GPT on the bundled tinyshakespeare bytes, then samples
+    ./train_int4 -h                            # every flag
+
+Reading order: config -> parameters -> activations -> forward -> backward -> optimizer -> data ->
+checkpoints -> sampling -> main. Kernels live in kernels/, one header per concern. The precision is a
+template parameter (float or __nv_bfloat16) chosen once in main from -p.
+*/
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <string>
+#include <vector>
+#include <nvtx3/nvToolsExt.h>
+
+#include "kernels/common.h"
+#include "kernels/rng.h"
+#include "kernels/encoder.h"
+#include "kernels/layernorm.h"
+#include "kernels/matmul.h"
+#include "kernels/attention.h"
+#include "kernels/gelu.h"
+#include "kernels/residual.h"
+#include "kernels/crossentropy.h"
+#include "kernels/adamw.h"
+#include "kernels/dataloader.h"
+#include "kernels/checkpoint.h"
+
+// ----------------------------------------------------------------------------------------------------------
+// config
+
+struct GPTConfig {
+    int max_seq_len;        // maxT: rows of wpe
+    int vocab_size;         // V: real tokens (256 bytes, or 50257 GPT-2 BPE)
+    int padded_vocab_size;  // Vp: V rounded up to a multiple of 128 (rows of wte)
+    int num_layers;         // L
+    int num_heads;          // NH
+    int channels;           // C
+};
+
+enum Precision { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_INT4 = 2 };
+static const char* precision_names[] = {"fp32", "bf16", "int4"};
+
+// ----------------------------------------------------------------------------------------------------------
+// parameters: one allocation, a named pointer per tensor, in llm.c's order (so its checkpoints load)
+
+#define NUM_PARAMETER_TENSORS 16
+static const char* parameter_names[NUM_PARAMETER_TENSORS] = {
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"};
+
+template <typename P> struct ParameterTensors {
+    P* wte;       // (Vp, C)
+    P* wpe;       // (maxT, C)
+    P* ln1w;      // (L, C)
+    P* ln1b;      // (L, C)
+    P* qkvw;      // (L, 3C, C)
+    P* qkvb;      // (L, 3C)
+    P* attprojw;  // (L, C, C)
+    P* attprojb;  // (L, C)
+    P* ln2w;      // (L, C)
+    P* ln2b;      // (L, C)
+    P* fcw;       // (L, 4C, C)
+    P* fcb;       // (L, 4C)
+    P* fcprojw;   // (L, C, 4C)
+    P* fcprojb;   // (L, C)
+    P* lnfw;      // (C)
+    P* lnfb;      // (C)
+};
+
+static void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& cfg) {
+    size_t Vp = cfg.padded_vocab_size, C = cfg.channels, maxT = cfg.max_seq_len, L = cfg.num_layers;
+    size_t shapes[NUM_PARAMETER_TENSORS] = {Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
+                                            L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+    memcpy(sizes, shapes, sizeof shapes);
+}
+
+// weight decay applies to the 2-D tensors only (embeddings and matrices)
+static bool parameter_is_decayed(int i) { return i == 0 || i == 1 || i == 4 || i == 6 || i == 10 || i == 12; }
+
+template <typename P> void point_parameters(ParameterTensors<P>* p, P* base, const size_t sizes[NUM_PARAMETER_TENSORS]) {
+    P** pointers[NUM_PARAMETER_TENSORS] = {&p->wte, &p->wpe, &p->ln1w, &p->ln1b, &p->qkvw, &p->qkvb,
+                                           &p->attprojw, &p->attprojb, &p->ln2w, &p->ln2b, &p->fcw, &p->fcb,
+                                           &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb};
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        *pointers[i] = base;
+        base += sizes[i];
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// activations: everything the backward reads, per layer, plus scratch reused across layers
+
+template <typename T> struct ActivationTensors {
+    T* encoded;        // (B, T, C)
+    T* ln1;            // (L, B, T, C)
+    float* ln1_mean;   // (L, B, T)
+    float* ln1_rstd;   // (L, B, T)
+    T* qkv;            // (L, B, T, 3C)
+    T* atty;           // (L, B, T, C)
+    T* att;            // (L, B, NH, T, T)
+    T* residual2;      // (L, B, T, C)
+    T* ln2;            // (L, B, T, C)
+    float* ln2_mean;   // (L, B, T)
+    float* ln2_rstd;   // (L, B, T)
+    T* fch;            // (L, B, T, 4C)
+    T* fch_gelu;       // (L, B, T, 4C)
+    T* residual3;      // (L, B, T, C)
+    T* lnf;            // (B, T, C)
+    float* lnf_mean;   // (B, T)
+    float* lnf_rstd;   // (B, T)
+    T* logits;         // (B, T, Vp); holds dlogits after the loss
+    float* losses;     // (B, T)
+    // scratch
+    T* btc;            // (B, T, C): branch outputs in the forward, branch input gradients in the backward
+    T* dresidual;      // (B, T, C): the residual-stream gradient
+    T* bt4c;           // (B, T, 4C): MLP hidden gradient
+    T* bt3c;           // (B, T, 3C): qkv gradient
+    float* reduce;     // partial sums of bias/layernorm/norm reductions
+    AttentionScratch<T> attention;
+};
+
+// ----------------------------------------------------------------------------------------------------------
+// the model
+
+template <typename T> struct GPT {
+    GPTConfig config;
+    size_t parameter_sizes[NUM_PARAMETER_TENSORS];
+    size_t num_parameters;
+    ParameterTensors<T> params;       // the compute copy (the FP32 master itself in fp32 mode)
+    ParameterTensors<float> grads;    // FP32 gradients, accumulated over micro-steps
+    T* params_memory;
+    float* master_memory;             // FP32 master weights
+    float* grads_memory;
+    float* m_memory;                  // AdamW moments
+    float* v_memory;
+    ActivationTensors<T> acts;
+    void* acts_memory;
+    int B, T_;                        // the batch the activations were sized for
+    int* inputs;                      // (B, T) device
+    int* targets;                     // (B, T) device
+    int* buckets;                     // encoder-backward token buckets, device
+    float* norm;                      // the last global gradient norm, device
+    TokenBuckets host_buckets;
+    cudaStream_t stream;
+};
+
+// GPT-2 init from the shared hash (kernels/rng.h): tensor t draws rng_normal(rng_key(seed, init stream t), i);
+// std 0.02, residual projections 0.02/sqrt(2L), layernorm weights 1, biases 0 — as scripts/reference.py
+static void gpt_init_parameters(float* host, const size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& cfg,
+                                uint32_t seed) {
+    float residual_std = 0.02f / sqrtf(2.0f * cfg.num_layers);
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        const char* name = parameter_names[t];
+        bool is_ln_weight = !strcmp(name, "ln1w") || !strcmp(name, "ln2w") || !strcmp(name, "lnfw");
+        bool is_bias = name[strlen(name) - 1] == 'b';
+        float std = (!strcmp(name, "attprojw") || !strcmp(name, "fcprojw")) ? residual_std : 0.02f;
+        uint32_t key = rng_key(seed, rng_stream_init(t));
+        for (size_t i = 0; i < sizes[t]; i++) {
+            host[i] = is_ln_weight ? 1.0f : is_bias ? 0.0f : rng_normal(key, (uint32_t)i) * std;
+        }
+        host += sizes[t];
+    }
+}
+
+static size_t activation_bytes(const GPTConfig& c, int B, int T, size_t elem) {
+    size_t L = c.num_layers, C = c.channels, NH = c.num_heads, BT = (size_t)B * T, Vp = c.padded_vocab_size;
+    size_t t_elems = BT * C + L * BT * C * 6 + L * BT * 3 * C + L * NH * BT * T + L * BT * 8 * C + BT * C + BT * Vp +
+                     BT * C * 2 + BT * 4 * C + BT * 3 * C + BT * C * 7 + NH * BT * T;
+    size_t f_elems = L * BT * 4 + BT * 3 + CEIL_DIV(BT, 256) * 4 * C + NORM_BLOCKS + NH * BT * T;
+    return t_elems * elem + f_elems * sizeof(float);
+}
+
+// allocates everything for batch (B, T) and uploads the FP32 master weights from host
+template <typename T>
+void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, int B, int T_) {
+    model->config = cfg;
+    model->B = B;
+    model->T_ = T_;
+    fill_parameter_sizes(model->parameter_sizes, cfg);
+    size_t n = 0;
+    for (size_t s : model->parameter_sizes) n += s;
+    model->num_parameters = n;
+    cudaCheck(cudaStreamCreate(&model->stream));
+    cudaCheck(cudaMalloc(&model->master_memory, n * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->grads_memory, n * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->m_memory, n * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->v_memory, n * sizeof(float)));
+    cudaCheck(cudaMemset(model->m_memory, 0, n * sizeof(float)));
+    cudaCheck(cudaMemset(model->v_memory, 0, n * sizeof(float)));
+    cudaCheck(cudaMemset(model->grads_memory, 0, n * sizeof(float)));
+    cudaCheck(cudaMemcpy(model->master_memory, host_master, n * sizeof(float), cudaMemcpyHostToDevice));
+    if (std::is_same<T, float>::value) {
+        model->params_memory = (T*)model->master_memory;
+    } else {
+        std::vector<T> converted(n);
+        for (size_t i = 0; i < n; i++) converted[i] = host_float_to_bf16(host_master[i]);
+        cudaCheck(cudaMalloc(&model->params_memory, n * sizeof(T)));
+        cudaCheck(cudaMemcpy(model->params_memory, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    point_parameters(&model->params, model->params_memory, model->parameter_sizes);
+    point_parameters(&model->grads, model->grads_memory, model->parameter_sizes);
+
+    size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, BT = (size_t)B * T_, Vp = cfg.padded_vocab_size;
+    cudaCheck(cudaMalloc(&model->acts_memory, activation_bytes(cfg, B, T_, sizeof(T))));
+    char* cursor = (char*)model->acts_memory;
+    auto take_t = [&](size_t count) { T* p = (T*)cursor; cursor += count * sizeof(T); return p; };
+    auto take_f = [&](size_t count) { float* p = (float*)cursor; cursor += count * sizeof(float); return p; };
+    ActivationTensors<T>& a = model->acts;
+    a.encoded = take_t(BT * C);
+    a.ln1 = take_t(L * BT * C);
+    a.qkv = take_t(L * BT * 3 * C);
+    a.atty = take_t(L * BT * C);
+    a.att = take_t(L * NH * BT * T_);
+    a.residual2 = take_t(L * BT * C);
+    a.ln2 = take_t(L * BT * C);
+    a.fch = take_t(L * BT * 4 * C);
+    a.fch_gelu = take_t(L * BT * 4 * C);
+    a.residual3 = take_t(L * BT * C);
+    a.lnf = take_t(BT * C);
+    a.logits = take_t(BT * Vp);
+    a.btc = take_t(BT * C);
+    a.dresidual = take_t(BT * C);
+    a.bt4c = take_t(BT * 4 * C);
+    a.bt3c = take_t(BT * 3 * C);
+    a.attention.q = take_t(BT * C);
+    a.attention.k = take_t(BT * C);
+    a.attention.v = take_t(BT * C);
+    a.attention.y_heads = take_t(BT * C);
+    a.attention.dq = take_t(BT * C);
+    a.attention.dk = take_t(BT * C);
+    a.attention.dv = take_t(BT * C);
+    a.attention.dscores = take_t(NH * BT * T_);
+    cursor = (char*)(((uintptr_t)cursor + 15) & ~(uintptr_t)15);  // FP32 arrays start 16-byte aligned
+    a.ln1_mean = take_f(L * BT);
+    a.ln1_rstd = take_f(L * BT);
+    a.ln2_mean = take_f(L * BT);
+    a.ln2_rstd = take_f(L * BT);
+    a.lnf_mean = take_f(BT);
+    a.lnf_rstd = take_f(BT);
+    a.losses = take_f(BT);
+    a.reduce = take_f(CEIL_DIV(BT, 256) * 4 * C + NORM_BLOCKS);
+    a.attention.scores = take_f(NH * BT * T_);
+    cudaCheck(cudaMalloc(&model->inputs, BT * sizeof(int)));
+    cudaCheck(cudaMalloc(&model->targets, BT * sizeof(int)));
+    cudaCheck(cudaMalloc(&model->buckets, (2 * BT + 2) * sizeof(int)));
+    cudaCheck(cudaMalloc(&model->norm, sizeof(float)));
+}
+
+template <typename T> void gpt_free(GPT<T>* model) {
+    if ((void*)model->params_memory != (void*)model->master_memory) cudaCheck(cudaFree(model->params_memory));
+    void* buffers[] = {model->master_memory, model->grads_memory, model->m_memory, model->v_memory,
+                       model->acts_memory, model->inputs, model->targets, model->buckets, model->norm};
+    for (void* p : buffers) cudaCheck(cudaFree(p));
+    cudaCheck(cudaStreamDestroy(model->stream));
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// forward: inputs (B, T) -> logits; with targets, the per-token losses and (grad_scale > 0) dlogits
+
+template <typename T> void gpt_upload_batch(GPT<T>* model, const int* inputs, const int* targets) {
+    size_t BT = (size_t)model->B * model->T_;
+    cudaCheck(cudaMemcpyAsync(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    if (targets) cudaCheck(cudaMemcpyAsync(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    token_buckets_build(&model->host_buckets, inputs, (int)BT, model->config.padded_vocab_size);
+    const TokenBuckets& b = model->host_buckets;
+    int* dst = model->buckets;
+    cudaCheck(cudaMemcpyAsync(dst, b.bucket_token.data(), b.count() * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    cudaCheck(cudaMemcpyAsync(dst + b.count(), b.bucket_start.data(), (b.count() + 1) * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    cudaCheck(cudaMemcpyAsync(dst + 2 * b.count() + 1, b.positions.data(), BT * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    cudaCheck(cudaStreamSynchronize(model->stream));  // the host bucket vectors are reused by the next upload
+}
+
+template <typename T> void gpt_forward(GPT<T>* model) {
+    const GPTConfig& cfg = model->config;
+    const int B = model->B, T_ = model->T_, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
+    const int N = B * T_;
+    ParameterTensors<T>& p = model->params;
+    ActivationTensors<T>& a = model->acts;
+    cudaStream_t s = model->stream;
+    nvtxRangePush("encoder_forward");
+    encoder_forward(a.encoded, model->inputs, p.wte, p.wpe, B, T_, C, s);
+    nvtxRangePop();
+    for (int l = 0; l < L; l++) {
+        nvtxRangePush("block_forward");
+        T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        T* ln1 = a.ln1 + (size_t)l * N * C;
+        T* qkv = a.qkv + (size_t)l * N * 3 * C;
+        T* atty = a.atty + (size_t)l * N * C;
+        T* att = a.att + (size_t)l * NH * N * T_;
+        T* residual2 = a.residual2 + (size_t)l * N * C;
+        T* ln2 = a.ln2 + (size_t)l * N * C;
+        T* fch = a.fch + (size_t)l * N * 4 * C;
+        T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
+        T* residual3 = a.residual3 + (size_t)l * N * C;
+        layernorm_forward(ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, residual, p.ln1w + l * C, p.ln1b + l * C, N, C, s);
+        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, s);
+        attention_forward(atty, att, qkv, (const int*)nullptr, B, T_, C, NH, a.attention, s);
+        matmul_forward(a.btc, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, s);
+        residual_forward(residual2, residual, a.btc, (long)N * C, s);
+        layernorm_forward(ln2, a.ln2_mean + l * N, a.ln2_rstd + l * N, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C, s);
+        matmul_forward(fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, s);
+        gelu_forward(fch_gelu, fch, (long)N * 4 * C, s);
+        matmul_forward(a.btc, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, s);
+        residual_forward(residual3, residual2, a.btc, (long)N * C, s);
+        nvtxRangePop();
+    }
+    nvtxRangePush("head_forward");
+    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, p.lnfb, N, C, s);
+    matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, cfg.padded_vocab_size, s);
+    nvtxRangePop();
+}
+
+// per-token losses into acts.losses; grad_scale > 0 also turns the logits into dlogits for the backward
+template <typename T> void gpt_loss(GPT<T>* model, float grad_scale) {
+    nvtxRangePush("crossentropy");
+    crossentropy_forward_backward(model->acts.logits, model->acts.losses, model->targets, (long)model->B * model->T_,
+                                  model->config.vocab_size, model->config.padded_vocab_size, grad_scale, model->stream);
+    nvtxRangePop();
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// backward: the forward's calls in reverse; gradients accumulate into model->grads
+
+template <typename T> void gpt_backward(GPT<T>* model) {
+    const GPTConfig& cfg = model->config;
+    const int B = model->B, T_ = model->T_, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
+    const int N = B * T_;
+    ParameterTensors<T>& p = model->params;
+    ParameterTensors<float>& g = model->grads;
+    ActivationTensors<T>& a = model->acts;
+    cudaStream_t s = model->stream;
+    nvtxRangePush("head_backward");
+    matmul_backward(a.btc, g.wte, (float*)nullptr, a.logits, a.lnf, p.wte, N, C, cfg.padded_vocab_size, a.reduce, s);
+    cudaCheck(cudaMemsetAsync(a.dresidual, 0, (size_t)N * C * sizeof(T), s));
+    layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.btc, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, a.lnf_mean,
+                       a.lnf_rstd, N, C, a.reduce, s);
+    nvtxRangePop();
+    for (int l = L - 1; l >= 0; l--) {
+        nvtxRangePush("block_backward");
+        T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
+        T* ln1 = a.ln1 + (size_t)l * N * C;
+        T* qkv = a.qkv + (size_t)l * N * 3 * C;
+        T* atty = a.atty + (size_t)l * N * C;
+        T* att = a.att + (size_t)l * NH * N * T_;
+        T* residual2 = a.residual2 + (size_t)l * N * C;
+        T* ln2 = a.ln2 + (size_t)l * N * C;
+        T* fch = a.fch + (size_t)l * N * 4 * C;
+        T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
+        matmul_backward(a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, a.dresidual, fch_gelu,
+                        p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, a.reduce, s);
+        gelu_backward(a.bt4c, fch, a.bt4c, (long)N * 4 * C, s);
+        matmul_backward(a.btc, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, a.bt4c, ln2, p.fcw + (size_t)l * 4 * C * C,
+                        N, C, 4 * C, a.reduce, s);
+        layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.btc, residual2, p.ln2w + l * C,
+                           a.ln2_mean + l * N, a.ln2_rstd + l * N, N, C, a.reduce, s);
+        matmul_backward(a.btc, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, a.dresidual, atty,
+                        p.attprojw + (size_t)l * C * C, N, C, C, a.reduce, s);
+        attention_backward(a.bt3c, a.btc, qkv, att, B, T_, C, NH, a.attention, s);
+        matmul_backward(a.btc, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, a.bt3c, ln1,
+                        p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, a.reduce, s);
+        layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.btc, residual, p.ln1w + l * C,
+                           a.ln1_mean + l * N, a.ln1_rstd + l * N, N, C, a.reduce, s);
+        nvtxRangePop();
+    }
+    nvtxRangePush("encoder_backward");
+    encoder_backward(g.wte, g.wpe, a.dresidual, model->host_buckets, model->buckets, B, T_, C, s);
+    nvtxRangePop();
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// optimizer: global-norm clipping + AdamW on the FP32 master weights, then the compute copy
+
+struct OptimizerConfig {
+    float learning_rate, beta1, beta2, eps, weight_decay, grad_clip;
+};
+
+// zero the gradients before the first micro-step of an optimizer step
+template <typename T> void gpt_zero_grad(GPT<T>* model) {
+    cudaCheck(cudaMemsetAsync(model->grads_memory, 0, model->num_parameters * sizeof(float), model->stream));
+}
+
+// t: the step number starting at 1 (bias correction); returns nothing and does not synchronise
+template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt, float lr, int t) {
+    nvtxRangePush("adamw");
+    global_norm(model->norm, model->grads_memory, (long)model->num_parameters, model->acts.reduce, model->stream);
+    size_t offset = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = model->parameter_sizes[i];
+        adamw_update(model->master_memory + offset, model->params_memory + offset, model->grads_memory + offset,
+                     model->m_memory + offset, model->v_memory + offset, (long)n, lr, opt.beta1, opt.beta2, t, opt.eps,
+                     parameter_is_decayed(i) ? opt.weight_decay : 0.0f, model->norm, opt.grad_clip, model->stream);
+        offset += n;
+    }
+    nvtxRangePop();
+}
+
+// cosine decay from lr to lr * final_fraction after a linear warmup
+static float learning_rate_at(int step, int warmup, int total, float lr, float final_fraction) {
+    if (step < warmup) return lr * (step + 1) / warmup;
+    if (total <= warmup) return lr;
+    float progress = (float)(step - warmup) / (float)(total - warmup);
+    float cosine = 0.5f * (1.0f + cosf(3.14159265358979f * fminf(progress, 1.0f)));
+    return lr * (final_fraction + (1.0f - final_fraction) * cosine);
+}
+
+// mean of the per-token losses of the last gpt_loss (synchronises)
+template <typename T> float gpt_mean_loss(GPT<T>* model) {
+    size_t BT = (size_t)model->B * model->T_;
+    std::vector<float> losses(BT);
+    cudaCheck(cudaMemcpyAsync(losses.data(), model->acts.losses, BT * sizeof(float), cudaMemcpyDeviceToHost, model->stream));
+    cudaCheck(cudaStreamSynchronize(model->stream));
+    double sum = 0.0;
+    for (float l : losses) sum += l;
+    return (float)(sum / BT);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// checkpoints: the model in llm.c's format (so its tools read ours and ours read its GPT-2 files) and a
+// state file with everything else needed to resume bit for bit
+
+#define MODEL_MAGIC 20240326
+#define MODEL_VERSION_FP32 3
+#define MODEL_VERSION_BF16 5
+#define STATE_MAGIC 20261124
+#define STATE_VERSION 1
+
+static void model_header(int32_t header[256], const GPTConfig& c, int version) {
+    memset(header, 0, 256 * sizeof(int32_t));
+    header[0] = MODEL_MAGIC;
+    header[1] = version;
+    header[2] = c.max_seq_len;
+    header[3] = c.vocab_size;
+    header[4] = c.num_layers;
+    header[5] = c.num_heads;
+    header[6] = c.channels;
+    header[7] = c.padded_vocab_size;
+}
+
+// reads an llm.c model file (version 3 FP32 or 5 BF16) into FP32 host weights
+static bool read_model_file(const char* path, GPTConfig* cfg, std::vector<float>* weights) {
+    int32_t header[256];
+    long file_size;
+    FILE* f = open_checked(path, header, MODEL_MAGIC, "model file", &file_size);
+    if (!f) return false;
+    int version = header[1];
+    *cfg = {header[2], header[3], header[7], header[4], header[5], header[6]};
+    bool ok = false;
+    if (version != MODEL_VERSION_FP32 && version != MODEL_VERSION_BF16) {
+        fprintf(stderr, "%s: model version %d, expected 3 (FP32) or 5 (BF16)\n", path, version);
+    } else if (cfg->max_seq_len <= 0 || cfg->vocab_size <= 0 || cfg->padded_vocab_size < cfg->vocab_size ||
+               cfg->num_layers <= 0 || cfg->num_heads <= 0 || cfg->channels <= 0 || cfg->channels % cfg->num_heads ||
+               cfg->channels > 65536 || cfg->num_layers > 1024 || cfg->padded_vocab_size > (1 << 22)) {
+        fprintf(stderr, "%s: implausible model config in the header\n", path);
+    } else {
+        size_t sizes[NUM_PARAMETER_TENSORS], n = 0;
+        fill_parameter_sizes(sizes, *cfg);
+        for (size_t s : sizes) n += s;
+        size_t elem = version == MODEL_VERSION_FP32 ? 4 : 2;
+        if ((size_t)file_size != 1024 + n * elem) {
+            fprintf(stderr, "%s: %ld bytes, but the header's config needs %zu (truncated?)\n", path, file_size, 1024 + n * elem);
+        } else if (elem == 4) {
+            weights->resize(n);
+            ok = read_exact(f, weights->data(), n * 4, path);
+        } else {
+            std::vector<uint16_t> raw(n);
+            ok = read_exact(f, raw.data(), n * 2, path);
+            weights->resize(n);
+            for (size_t i = 0; ok && i < n; i++) {
+                uint32_t bits = (uint32_t)raw[i] << 16;
+                memcpy(&(*weights)[i], &bits, 4);
+            }
+        }
+    }
+    fclose(f);
+    return ok;
+}
+
+struct TrainState {
+    int step;            // optimizer steps done
+    int shard;           // train data position
+    long position;
+    uint32_t seed;
+    int precision;
+};
+
+template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir, const TrainState& st) {
+    size_t n = model->num_parameters;
+    std::vector<float> master(n), m(n), v(n);
+    cudaCheck(cudaMemcpy(master.data(), model->master_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(m.data(), model->m_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(v.data(), model->v_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
+    int32_t header[256];
+    char path[1024];
+    bool bf16 = !std::is_same<T, float>::value;
+    model_header(header, model->config, bf16 ? MODEL_VERSION_BF16 : MODEL_VERSION_FP32);
+    snprintf(path, sizeof path, "%s/model_%08d.bin", dir.c_str(), st.step);
+    bool ok;
+    if (bf16) {
+        std::vector<uint16_t> raw(n);
+        for (size_t i = 0; i < n; i++) { uint32_t bits; memcpy(&bits, &master[i], 4); raw[i] = (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16); }
+        ok = write_file_atomic(path, header, {{raw.data(), n * 2}});
+    } else {
+        ok = write_file_atomic(path, header, {{master.data(), n * 4}});
+    }
+    memset(header, 0, sizeof header);
+    header[0] = STATE_MAGIC;
+    header[1] = STATE_VERSION;
+    header[2] = st.step;
+    header[3] = st.shard;
+    memcpy(&header[4], &st.position, sizeof(long));
+    header[6] = (int32_t)st.seed;
+    header[7] = st.precision;
+    const GPTConfig& c = model->config;
+    int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
+    memcpy(&header[8], config, sizeof config);
+    memcpy(&header[14], &n, sizeof n);
+    snprintf(path, sizeof path, "%s/state_%08d.bin", dir.c_str(), st.step);
+    ok = ok && write_file_atomic(path, header, {{master.data(), n * 4}, {m.data(), n * 4}, {v.data(), n * 4}});
+    return ok;
+}
+
+// the state file of the latest step in dir, or "" if there is none
+static std::string latest_state_file(const std::string& dir) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return "";
+    int best = -1;
+    struct dirent* entry;
+    while ((entry = readdir(d))) {
+        int step;
+        char tail;
+        if (sscanf(entry->d_name, "state_%d.bi%c", &step, &tail) == 2 && tail == 'n' && strlen(entry->d_name) == 18 && step > best) best = step;
+    }
+    closedir(d);
+    if (best < 0) return "";
+    char path[1024];
+    snprintf(path, sizeof path, "%s/state_%08d.bin", dir.c_str(), best);
+    return path;
+}
+
+// loads master weights and moments; the state's config and precision must match the run's
+template <typename T> bool load_state(GPT<T>* model, const char* path, TrainState* st) {
+    int32_t header[256];
+    long file_size;
+    FILE* f = open_checked(path, header, STATE_MAGIC, "state file", &file_size);
+    if (!f) return false;
+    size_t n;
+    memcpy(&n, &header[14], sizeof n);
+    const GPTConfig& c = model->config;
+    int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
+    bool ok = false;
+    int precision = std::is_same<T, float>::value ? PRECISION_FP32 : PRECISION_BF16;
+    if (header[1] != STATE_VERSION) {
+        fprintf(stderr, "%s: state version %d, expected %d\n", path, header[1], STATE_VERSION);
+    } else if (memcmp(&header[8], config, sizeof config) != 0 || n != model->num_parameters) {
+        fprintf(stderr, "%s: model config (maxT %d, V %d, Vp %d, L %d, NH %d, C %d) differs from this run's flags\n", path,
+                header[8], header[9], header[10], header[11], header[12], header[13]);
+    } else if (header[7] != precision) {
+        fprintf(stderr, "%s: written by a %s run, this run is %s (-p)\n", path,
+                header[7] >= 0 && header[7] < 3 ? precision_names[header[7]] : "?", precision_names[precision]);
+    } else if ((size_t)file_size != 1024 + 3 * n * 4) {
+        fprintf(stderr, "%s: %ld bytes, expected %zu (truncated?)\n", path, file_size, 1024 + 3 * n * 4);
+    } else {
+        std::vector<float> buffer(n);
+        ok = true;
+        float* targets[3] = {model->master_memory, model->m_memory, model->v_memory};
+        for (int i = 0; i < 3 && ok; i++) {
+            ok = read_exact(f, buffer.data(), n * 4, path);
+            if (ok) cudaCheck(cudaMemcpy(targets[i], buffer.data(), n * 4, cudaMemcpyHostToDevice));
+            if (ok && i == 0 && !std::is_same<T, float>::value) {
+                std::vector<T> converted(n);
+                for (size_t j = 0; j < n; j++) converted[j] = host_float_to_bf16(buffer[j]);
+                cudaCheck(cudaMemcpy(model->params_memory, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+            }
+        }
+        st->step = header[2];
+        st->shard = header[3];
+        memcpy(&st->position, &header[4], sizeof(long));
+        st->seed = (uint32_t)header[6];
+        st->precision = header[7];
+    }
+    fclose(f);
+    return ok;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// sampling: generate bytes from position 0 of row 0 with the shared hash (seed, stream = step)
+
+template <typename T> void gpt_sample(GPT<T>* model, int length, uint32_t seed, int step, FILE* out) {
+    const GPTConfig& cfg = model->config;
+    size_t BT = (size_t)model->B * model->T_;
+    std::vector<int> tokens(BT, '\n');
+    std::vector<T> row(cfg.padded_vocab_size);
+    std::vector<double> probs(cfg.vocab_size);
+    uint32_t key = rng_key(seed ^ 0x53414d50u, (uint32_t)step);
+    length = std::min(length, model->T_ - 1);
+    fprintf(out, "generating:\n---\n");
+    for (int t = 1; t <= length; t++) {
+        gpt_upload_batch(model, tokens.data(), nullptr);
+        gpt_forward(model);
+        cudaCheck(cudaMemcpyAsync(row.data(), model->acts.logits + (size_t)(t - 1) * cfg.padded_vocab_size,
+                                  cfg.padded_vocab_size * sizeof(T), cudaMemcpyDeviceToHost, model->stream));
+        cudaCheck(cudaStreamSynchronize(model->stream));
+        double maxval = -1e30, sum = 0.0;
+        for (int v = 0; v < cfg.vocab_size; v++) maxval = fmax(maxval, (double)(float)row[v]);
+        for (int v = 0; v < cfg.vocab_size; v++) sum += (probs[v] = exp((double)(float)row[v] - maxval));
+        double u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)t)) * sum, cdf = 0.0;
+        int next = cfg.vocab_size - 1;
+        for (int v = 0; v < cfg.vocab_size; v++) { cdf += probs[v]; if (u < cdf) { next = v; break; } }
+        tokens[t] = next;
+        if (cfg.vocab_size == 256) fputc(next, out); else fprintf(out, "[%d]", next);
+    }
+    fprintf(out, "\n---\n");
+    fflush(out);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// command line
+
+struct TrainArgs {
+    const char* train_pattern = "data/tinyshakespeare_train.bin";
+    const char* val_pattern = "data/tinyshakespeare_val.bin";
+    const char* model = "d6";        // descriptor dL, L:C:NH, or an llm.c model file
+    const char* output_dir = nullptr;
+    int B = 64, T = 256;
+    long total_batch = -1;           // tokens per optimizer step; -1 = B*T
+    float learning_rate = 1e-3f, final_lr_fraction = 0.1f, weight_decay = 0.1f, grad_clip = 1.0f;
+    int warmup = 100, max_steps = 3000;
+    int val_every = 250, val_steps = 20, sample_every = 1000, sample_length = 256;
+    int checkpoint_every = 0, resume = 0;
+    int vocab = 256;
+    uint32_t seed = 1337;
+    Precision precision = PRECISION_BF16;
+};
+
+static void print_usage(void) {
+    printf("usage: ./train_int4 [flags]\n"
+           "  -i <glob>   train shards (llm.c format)        default data/tinyshakespeare_train.bin\n"
+           "  -j <glob>   validation shards                  default data/tinyshakespeare_val.bin\n"
+           "  -e <model>  dL (L layers, GPT-2 widths), L:C:NH, or an llm.c model file   default d6\n"
+           "  -o <dir>    output dir: log, checkpoints       default none\n"
+           "  -b <int>    batch size B                       default 64\n"
+           "  -t <int>    sequence length T                  default 256\n"
+           "  -d <int>    tokens per optimizer step (multiple of B*T: gradient accumulation)  default B*T\n"
+           "  -l <float>  learning rate                      default 1e-3\n"
+           "  -u <int>    warmup steps                       default 100\n"
+           "  -c <float>  weight decay                       default 0.1\n"
+           "  -x <int>    optimizer steps                    default 3000\n"
+           "  -v <int>    validate every N steps (0 = never) default 250\n"
+           "  -m <int>    validation batches                 default 20\n"
+           "  -s <int>    sample every N steps (0 = never)   default 1000\n"
+           "  -g <int>    sample length (tokens)             default 256\n"
+           "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
+           "  -y <0|1>    resume from the latest state file in -o   default 0\n"
+           "  -p <mode>   precision: fp32 | bf16 | int4      default bf16\n"
+           "  -V <int>    vocabulary size of the shards (256 bytes, 50257 GPT-2)   default 256\n"
+           "  -z <int>    seed (init, sampling)              default 1337\n"
+           "  -h          this help\n");
+}
+
+static bool parse_long(const char* s, long* out) {
+    char* end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char* s, float* out) {
+    char* end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+static void die(const char* format, const char* a, const char* b = "") {
+    fprintf(stderr, "error: ");
+    fprintf(stderr, format, a, b);
+    fprintf(stderr, " (see ./train_int4 -h)\n");
+    exit(EXIT_FAILURE);
+}
+
+// every flag takes a value; integers must be whole numbers in range, floats finite
+static TrainArgs parse_args(int argc, char** argv) {
+    TrainArgs a;
+    for (int i = 1; i < argc; i++) {
+        const char* flag = argv[i];
+        if (!strcmp(flag, "-h")) { print_usage(); exit(EXIT_SUCCESS); }
+        if (flag[0] != '-' || strlen(flag) != 2) die("unknown argument '%s'", flag);
+        if (i + 1 >= argc) die("flag %s needs a value", flag);
+        const char* value = argv[++i];
+        long n = 0;
+        float f = 0.0f;
+        char c = flag[1];
+        auto need_int = [&](long lo, long hi) {
+            if (!parse_long(value, &n) || n < lo || n > hi) {
+                char range[64];
+                snprintf(range, sizeof range, "an integer in [%ld, %ld]", lo, hi);
+                fprintf(stderr, "error: %s expects %s, got '%s' (see ./train_int4 -h)\n", flag, range, value);
+                exit(EXIT_FAILURE);
+            }
+        };
+        auto need_float = [&](float lo, float hi) {
+            if (!parse_float(value, &f) || f < lo || f > hi) {
+                fprintf(stderr, "error: %s expects a number in [%g, %g], got '%s' (see ./train_int4 -h)\n", flag, lo, hi, value);
+                exit(EXIT_FAILURE);
+            }
+        };
+        switch (c) {
+            case 'i': a.train_pattern = value; break;
+            case 'j': a.val_pattern = value; break;
+            case 'e': a.model = value; break;
+            case 'o': a.output_dir = value; break;
+            case 'b': need_int(1, 1 << 16); a.B = (int)n; break;
+            case 't': need_int(1, 1 << 16); a.T = (int)n; break;
+            case 'd': need_int(-1, 1L << 40); a.total_batch = n; break;
+            case 'l': need_float(0.0f, 10.0f); a.learning_rate = f; break;
+            case 'u': need_int(0, 1 << 30); a.warmup = (int)n; break;
+            case 'c': need_float(0.0f, 10.0f); a.weight_decay = f; break;
+            case 'x': need_int(1, 1 << 30); a.max_steps = (int)n; break;
+            case 'v': need_int(0, 1 << 30); a.val_every = (int)n; break;
+            case 'm': need_int(1, 1 << 30); a.val_steps = (int)n; break;
+            case 's': need_int(0, 1 << 30); a.sample_every = (int)n; break;
+            case 'g': need_int(1, 1 << 16); a.sample_length = (int)n; break;
+            case 'n': need_int(0, 1 << 30); a.checkpoint_every = (int)n; break;
+            case 'y': need_int(0, 1); a.resume = (int)n; break;
+            case 'V': need_int(2, 1 << 22); a.vocab = (int)n; break;
+            case 'z': need_int(0, 0xffffffffL); a.seed = (uint32_t)n; break;
+            case 'p':
+                if (!strcmp(value, "fp32")) a.precision = PRECISION_FP32;
+                else if (!strcmp(value, "bf16")) a.precision = PRECISION_BF16;
+                else if (!strcmp(value, "int4")) a.precision = PRECISION_INT4;
+                else die("-p expects fp32, bf16 or int4, got '%s'", value);
+                break;
+            default: die("unknown flag '%s'", flag);
+        }
+    }
+    if (a.learning_rate <= 0.0f) die("-l must be positive%s", "");
+    if (a.total_batch == -1) a.total_batch = (long)a.B * a.T;
+    if (a.total_batch <= 0 || a.total_batch % ((long)a.B * a.T) != 0) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%ld", a.total_batch);
+        die("-d %s is not a positive multiple of B*T", buf);
+    }
+    if (a.resume && !a.output_dir) die("-y 1 needs -o (the folder with the state files)%s", "");
+    return a;
+}
+
+// dL: L layers, C = 64·L up to 12 (d6: 384 wide), then GPT-2's d24 1024, d36 1280, d48 1600; NH = C / 64.
+// L:C:NH spells out any shape.
+static bool parse_model_descriptor(const char* s, GPTConfig* cfg, int vocab, int T) {
+    int L = 0, C = 0, NH = 0;
+    char tail;
+    if (sscanf(s, "d%d%c", &L, &tail) == 1 && L > 0) {
+        C = L <= 12 ? 64 * L : L == 24 ? 1024 : L == 36 ? 1280 : L == 48 ? 1600 : 0;
+        if (C == 0) die("-e %s: use d1..d12, d24, d36, d48 or L:C:NH", s);
+        NH = C / 64;
+    } else if (sscanf(s, "%d:%d:%d%c", &L, &C, &NH, &tail) == 3) {
+        if (L <= 0 || C <= 0 || NH <= 0 || C % NH != 0) die("-e %s: needs L, C, NH > 0 with NH dividing C", s);
+    } else {
+        return false;
+    }
+    *cfg = {std::max(T, 1024), vocab, CEIL_DIV(vocab, 128) * 128, L, NH, C};
+    return true;
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// training
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+template <typename T> int train(const TrainArgs& args) {
+    // model: descriptor or llm.c file
+    GPTConfig cfg;
+    std::vector<float> host_master;
+    if (parse_model_descriptor(args.model, &cfg, args.vocab, args.T)) {
+        size_t sizes[NUM_PARAMETER_TENSORS], n = 0;
+        fill_parameter_sizes(sizes, cfg);
+        for (size_t s : sizes) n += s;
+        host_master.resize(n);
+        gpt_init_parameters(host_master.data(), sizes, cfg, args.seed);
+    } else if (!read_model_file(args.model, &cfg, &host_master)) {
+        return EXIT_FAILURE;
+    }
+    if (args.T > cfg.max_seq_len) {
+        fprintf(stderr, "error: -t %d exceeds the model's maximum sequence length %d\n", args.T, cfg.max_seq_len);
+        return EXIT_FAILURE;
+    }
+    if (cfg.vocab_size != args.vocab && strcmp(args.model, "") && args.vocab != 256) {
+        fprintf(stderr, "error: -V %d differs from the model file's vocabulary %d\n", args.vocab, cfg.vocab_size);
+        return EXIT_FAILURE;
+    }
+    DataLoader train_loader, val_loader;
+    if (!dataloader_init(&train_loader, args.train_pattern, args.B, args.T, cfg.vocab_size)) return EXIT_FAILURE;
+    bool have_val = args.val_every > 0 && dataloader_init(&val_loader, args.val_pattern, args.B, args.T, cfg.vocab_size);
+    if (args.val_every > 0 && !have_val) return EXIT_FAILURE;
+    std::string out_dir = args.output_dir ? args.output_dir : "";
+    FILE* log = nullptr;
+    if (!out_dir.empty()) {
+        mkdir(out_dir.c_str(), 0755);
+        log = fopen((out_dir + "/main.log").c_str(), args.resume ? "a" : "w");
+        if (!log) {
+            fprintf(stderr, "error: -o %s: cannot write %s/main.log (not a writable folder?)\n", out_dir.c_str(), out_dir.c_str());
+            return EXIT_FAILURE;
+        }
+    }
+    // the GPU, and enough memory for this model and batch
+    int device_count = 0;
+    if (cudaGetDeviceCount(&device_count) != cudaSuccess || device_count == 0) {
+        fprintf(stderr, "error: no CUDA device found (train_int4 needs an NVIDIA GPU)\n");
+        return EXIT_FAILURE;
+    }
+    cudaDeviceProp props;
+    cudaCheck(cudaGetDeviceProperties(&props, 0));
+    size_t n_params = host_master.size();
+    size_t need = n_params * (4 * 4 + (std::is_same<T, float>::value ? 0 : sizeof(T))) +
+                  activation_bytes(cfg, args.B, args.T, sizeof(T)) + CUBLASLT_WORKSPACE_SIZE + (64 << 20);
+    size_t free_bytes, total_bytes;
+    cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (need > free_bytes) {
+        fprintf(stderr, "error: this model and batch need %.2f GiB of GPU memory, %.2f GiB are free (lower -b or -t)\n",
+                need / 1073741824.0, free_bytes / 1073741824.0);
+        return EXIT_FAILURE;
+    }
+    matmul_setup();
+    GPT<T> model;
+    gpt_build(&model, cfg, host_master.data(), args.B, args.T);
+    TrainState state = {0, 0, 0, args.seed, (int)args.precision};
+    if (args.resume) {
+        std::string path = latest_state_file(out_dir);
+        if (path.empty()) {
+            fprintf(stderr, "error: -y 1: no state_*.bin in %s\n", out_dir.c_str());
+            return EXIT_FAILURE;
+        }
+        if (!load_state(&model, path.c_str(), &state) || !dataloader_seek(&train_loader, state.shard, state.position)) {
+            fprintf(stderr, "error: cannot resume from %s\n", path.c_str());
+            return EXIT_FAILURE;
+        }
+        printf("resumed from %s at step %d\n", path.c_str(), state.step);
+    }
+    int grad_accum = (int)(args.total_batch / ((long)args.B * args.T));
+    OptimizerConfig opt = {args.learning_rate, 0.9f, 0.95f, 1e-8f, args.weight_decay, args.grad_clip};
+    // flops per token: 6 per parameter (forward + backward) plus attention's q·k and att·v, 12·L·T·C
+    double flops_per_token = 6.0 * n_params + 12.0 * cfg.num_layers * args.T * cfg.channels;
+    const double peak_bf16_flops = 989e12;  // H100 SXM dense BF16
+    printf("+-----------------------+----------------------------------------------------+\n");
+    printf("| %-21s | %-50s |\n", "device", props.name);
+    printf("| %-21s | %-50s |\n", "precision", precision_names[args.precision]);
+    printf("| %-21s | %-50s |\n", "train data", args.train_pattern);
+    printf("| %-21s | %-50s |\n", "val data", have_val ? args.val_pattern : "(none)");
+    printf("| %-21s | L=%d C=%d NH=%d V=%d Vp=%d maxT=%-19d |\n", "model", cfg.num_layers, cfg.channels,
+           cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size, cfg.max_seq_len);
+    printf("| %-21s | %-50zu |\n", "parameters", n_params);
+    printf("| %-21s | B=%d T=%d accumulation=%d (%ld tokens/step)%*s |\n", "batch", args.B, args.T, grad_accum,
+           args.total_batch, 10, "");
+    printf("| %-21s | lr %.3g, warmup %d, cosine to %.2g, wd %.2g, clip %.1f %*s |\n", "optimizer", args.learning_rate,
+           args.warmup, args.final_lr_fraction, args.weight_decay, args.grad_clip, 4, "");
+    printf("| %-21s | %-50d |\n", "steps", args.max_steps);
+    printf("| %-21s | %-50.2f |\n", "GPU memory (GiB)", need / 1073741824.0);
+    printf("+-----------------------+----------------------------------------------------+\n");
+
+    double loop_start = seconds_now();
+    int first_step = state.step;
+    for (int step = state.step; step <= args.max_steps; step++) {
+        bool last = step == args.max_steps;
+        if (have_val && (step % args.val_every == 0 || last)) {
+            dataloader_seek(&val_loader, 0, 0);
+            double sum = 0.0;
+            for (int i = 0; i < args.val_steps; i++) {
+                dataloader_next_batch(&val_loader);
+                gpt_upload_batch(&model, val_loader.inputs.data(), val_loader.targets.data());
+                gpt_forward(&model);
+                gpt_loss(&model, 0.0f);
+                sum += gpt_mean_loss(&model);
+            }
+            printf("val loss %.4f\n", sum / args.val_steps);
+            if (log) { fprintf(log, "s:%d tel:%f\n", step, sum / args.val_steps); fflush(log); }
+        }
+        if (args.sample_every > 0 && (step % args.sample_every == 0 || last) && step > 0) {
+            gpt_sample(&model, args.sample_length, args.seed, step, stdout);
+        }
+        if (!out_dir.empty() && step > first_step && (last || (args.checkpoint_every > 0 && step % args.checkpoint_every == 0))) {
+            state.step = step;
+            state.shard = train_loader.shard;
+            state.position = train_loader.position;
+            if (!save_checkpoint(&model, out_dir, state)) fprintf(stderr, "warning: checkpoint at step %d not written\n", step);
+        }
+        if (last) break;
+        double t0 = seconds_now();
+        gpt_zero_grad(&model);
+        double loss = 0.0;
+        for (int micro = 0; micro < grad_accum; micro++) {
+            if (!dataloader_next_batch(&train_loader)) return EXIT_FAILURE;
+            gpt_upload_batch(&model, train_loader.inputs.data(), train_loader.targets.data());
+            gpt_forward(&model);
+            gpt_loss(&model, 1.0f / ((float)args.B * args.T * grad_accum));
+            loss += gpt_mean_loss(&model) / grad_accum;
+            gpt_backward(&model);
+        }
+        float lr = learning_rate_at(step, args.warmup, args.max_steps, args.learning_rate, args.final_lr_fraction);
+        gpt_update(&model, opt, lr, step + 1);
+        float norm;
+        cudaCheck(cudaMemcpyAsync(&norm, model.norm, sizeof norm, cudaMemcpyDeviceToHost, model.stream));
+        cudaCheck(cudaStreamSynchronize(model.stream));
+        double dt = seconds_now() - t0;
+        double tokens_per_second = args.total_batch / dt;
+        double elapsed = seconds_now() - loop_start;
+        double eta = elapsed / (step - first_step + 1) * (args.max_steps - step - 1);
+        printf("step %5d/%d | loss %.6f | norm %6.3f | lr %.2e | %7.1f ms | %9.0f tok/s | MFU %5.1f%% | ETA %4.0f s\n",
+               step + 1, args.max_steps, loss, norm, lr, dt * 1e3, tokens_per_second,
+               100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
+        if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
+    }
+    if (log) fclose(log);
+    gpt_free(&model);
+    matmul_teardown();
+    return EXIT_SUCCESS;
+}
 
 #ifndef TESTING
-int main(void) {
-    printf("train_int4: the trainer is not written yet. Plan:\n"
-           "  1. GPT in FP32/BF16 matching scripts/reference.py (train_int4.cu, kernels/)\n"
-           "  2. INT4 kernels: Hadamard-quantize, INT4 GEMM on s8 tensor cores, bit split, LSS (kernels/, dev/)\n"
-           "  3. INT4 training mode, then BERT, reliability and multi-GPU\n");
-    return 0;
+int main(int argc, char** argv) {
+    TrainArgs args = parse_args(argc, argv);
+    if (args.precision == PRECISION_INT4) {
+        fprintf(stderr, "error: -p int4 is not available yet: the INT4 linear layers are not wired into the trainer "
+                        "(use -p bf16 or -p fp32)\n");
+        return EXIT_FAILURE;
+    }
+    return args.precision == PRECISION_FP32 ? train<float>(args) : train<__nv_bfloat16>(args);
 }
 #endif

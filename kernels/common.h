@@ -23,3 +23,15 @@ inline void cuda_check(cudaError_t error, const char* file, int line) {
 }
 #define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
 #endif
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+// activations are float (fp32 mode) or __nv_bfloat16 (bf16 and int4 modes); kernels are templates over it
+template <typename T> __device__ __forceinline__ float to_float(T v) { return (float)v; }
+template <> __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_float(float v) { return (T)v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+
+// host-side conversion for copying parameters between FP32 master weights and the compute copy
+inline __nv_bfloat16 host_float_to_bf16(float f) { return __float2bfloat16_rn(f); }
+#endif
