@@ -252,7 +252,7 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     a.attention.scores = take_f(NH * BT * T_);
     cudaCheck(cudaMalloc(&model->inputs, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->targets, BT * sizeof(int)));
-    cudaCheck(cudaMalloc(&model->buckets, (2 * BT + 2) * sizeof(int)));
+    cudaCheck(cudaMalloc(&model->buckets, (3 * BT + 1) * sizeof(int)));  // <= BT buckets: tokens, starts, positions
     cudaCheck(cudaMalloc(&model->norm, sizeof(float)));
 }
 
@@ -813,7 +813,9 @@ template <typename T> int train(const TrainArgs& args) {
     std::string out_dir = args.output_dir ? args.output_dir : "";
     FILE* log = nullptr;
     if (!out_dir.empty()) {
-        mkdir(out_dir.c_str(), 0755);
+        for (size_t i = 1; i <= out_dir.size(); i++) {  // mkdir -p
+            if (i == out_dir.size() || out_dir[i] == '/') mkdir(out_dir.substr(0, i).c_str(), 0755);
+        }
         log = fopen((out_dir + "/main.log").c_str(), args.resume ? "a" : "w");
         if (!log) {
             fprintf(stderr, "error: -o %s: cannot write %s/main.log (not a writable folder?)\n", out_dir.c_str(), out_dir.c_str());
@@ -927,6 +929,9 @@ template <typename T> int train(const TrainArgs& args) {
                100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
         if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
     }
+    size_t free_now, total_now;
+    cudaCheck(cudaMemGetInfo(&free_now, &total_now));
+    printf("GPU memory in use: %.2f GiB\n", (total_now - free_now) / 1073741824.0);
     if (log) fclose(log);
     gpt_free(&model);
     matmul_teardown();
