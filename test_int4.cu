@@ -455,6 +455,7 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
 }
 
 // train 2n steps straight == train n, checkpoint, rebuild from scratch, resume, train n: identical losses
+// (with random data windows and dropout, as the trainer runs)
 template <typename T> static void test_resume_determinism(const ReferenceDump& dump, const char* mode_name) {
     GPTConfig cfg = dump_config(dump);
     const int B = dump.header[9], T_ = dump.header[10], n = 3;
@@ -469,7 +470,9 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
             dataloader_next_batch(loader);
             gpt_upload_batch(model, loader->inputs.data(), loader->targets.data());
             gpt_zero_grad(model);
-            gpt_forward(model);
+            model->seed = 1337;
+            model->micro_step = (uint32_t)step;  // dropout masks depend on it, so resuming must restore it
+            gpt_forward(model, 0.1f);
             gpt_loss(model, 1.0f / (B * T_));
             losses->push_back(gpt_mean_loss(model));
             gpt_backward(model);
@@ -478,7 +481,7 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
     };
     std::vector<float> straight, resumed;
     DataLoader loader;
-    if (!dataloader_init(&loader, "data/tinyshakespeare_train.bin", B, T_, cfg.vocab_size)) { check(false, name, "no data (make data)"); return; }
+    if (!dataloader_init(&loader, "data/tinyshakespeare_train.bin", B, T_, cfg.vocab_size, true, 1337)) { check(false, name, "no data (make data)"); return; }
     GPT<T> model;
     gpt_build(&model, cfg, master.data(), B, T_);
     run(&model, &loader, 0, 2 * n, &straight);
@@ -493,7 +496,7 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
     gpt_build(&model, cfg, zeros.data(), B, T_);
     TrainState loaded;
     DataLoader fresh;
-    dataloader_init(&fresh, "data/tinyshakespeare_train.bin", B, T_, cfg.vocab_size);
+    dataloader_init(&fresh, "data/tinyshakespeare_train.bin", B, T_, cfg.vocab_size, true, 1337);
     bool restored = saved && load_state(&model, latest_state_file(dir).c_str(), &loaded) &&
                     dataloader_seek(&fresh, loaded.shard, loaded.position);
     if (restored) run(&model, &fresh, loaded.step, 2 * n, &resumed);

@@ -30,6 +30,7 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include "kernels/attention.h"
 #include "kernels/gelu.h"
 #include "kernels/residual.h"
+#include "kernels/dropout.h"
 #include "kernels/crossentropy.h"
 #include "kernels/adamw.h"
 #include "kernels/dataloader.h"
@@ -150,6 +151,8 @@ template <typename T> struct GPT {
     int* targets;                     // (B, T) device
     int* buckets;                     // encoder-backward token buckets, device
     float* norm;                      // the last global gradient norm, device
+    float dropout;                    // residual-branch dropout of the last forward (0 in evaluation)
+    uint32_t seed, micro_step;        // dropout masks: streams (micro_step, layer*4 + branch, RNG_USE_DATA)
     TokenBuckets host_buckets;
     cudaStream_t stream;
 };
@@ -186,6 +189,9 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     model->config = cfg;
     model->B = B;
     model->T_ = T_;
+    model->dropout = 0.0f;
+    model->seed = 0;
+    model->micro_step = 0;
     fill_parameter_sizes(model->parameter_sizes, cfg);
     size_t n = 0;
     for (size_t s : model->parameter_sizes) n += s;
@@ -280,7 +286,16 @@ template <typename T> void gpt_upload_batch(GPT<T>* model, const int* inputs, co
     cudaCheck(cudaStreamSynchronize(model->stream));  // the host bucket vectors are reused by the next upload
 }
 
-template <typename T> void gpt_forward(GPT<T>* model) {
+// dropout of a residual branch's output (branch 1: attention projection, 3: MLP projection); forward and
+// backward apply the same mask, drawn from the shared hash at this micro-step
+template <typename T> void gpt_dropout(GPT<T>* model, T* out, const T* inp, int layer, int branch) {
+    uint32_t key = rng_key(model->seed, rng_stream_train(model->micro_step, layer * 4 + branch, RNG_USE_DATA));
+    dropout(out, inp, (long)model->B * model->T_ * model->config.channels, model->dropout, key, model->stream);
+}
+
+// dropout: the residual-branch dropout probability (training), 0 for evaluation and sampling
+template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
+    model->dropout = dropout;
     const GPTConfig& cfg = model->config;
     const int B = model->B, T_ = model->T_, C = cfg.channels, NH = cfg.num_heads, L = cfg.num_layers;
     const int N = B * T_;
@@ -306,11 +321,13 @@ template <typename T> void gpt_forward(GPT<T>* model) {
         matmul_forward(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, s);
         attention_forward(atty, att, qkv, (const int*)nullptr, B, T_, C, NH, a.attention, s);
         matmul_forward(a.btc, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, s);
+        if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 1);
         residual_forward(residual2, residual, a.btc, (long)N * C, s);
         layernorm_forward(ln2, a.ln2_mean + l * N, a.ln2_rstd + l * N, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C, s);
         matmul_forward(fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, s);
         gelu_forward(fch_gelu, fch, (long)N * 4 * C, s);
         matmul_forward(a.btc, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, s);
+        if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 3);
         residual_forward(residual3, residual2, a.btc, (long)N * C, s);
         nvtxRangePop();
     }
@@ -356,14 +373,18 @@ template <typename T> void gpt_backward(GPT<T>* model) {
         T* ln2 = a.ln2 + (size_t)l * N * C;
         T* fch = a.fch + (size_t)l * N * 4 * C;
         T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
-        matmul_backward(a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, a.dresidual, fch_gelu,
+        const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
+        if (model->dropout > 0.0f) { gpt_dropout(model, a.btc, a.dresidual, l, 3); dbranch = a.btc; }
+        matmul_backward(a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, dbranch, fch_gelu,
                         p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, a.reduce, s);
         gelu_backward(a.bt4c, fch, a.bt4c, (long)N * 4 * C, s);
         matmul_backward(a.btc, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, a.bt4c, ln2, p.fcw + (size_t)l * 4 * C * C,
                         N, C, 4 * C, a.reduce, s);
         layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.btc, residual2, p.ln2w + l * C,
                            a.ln2_mean + l * N, a.ln2_rstd + l * N, N, C, a.reduce, s);
-        matmul_backward(a.btc, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, a.dresidual, atty,
+        dbranch = a.dresidual;
+        if (model->dropout > 0.0f) { gpt_dropout(model, a.bt3c, a.dresidual, l, 1); dbranch = a.bt3c; }
+        matmul_backward(a.btc, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dbranch, atty,
                         p.attprojw + (size_t)l * C * C, N, C, C, a.reduce, s);
         attention_backward(a.bt3c, a.btc, qkv, att, B, T_, C, NH, a.attention, s);
         matmul_backward(a.btc, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, a.bt3c, ln1,
@@ -633,7 +654,7 @@ struct TrainArgs {
     const char* output_dir = nullptr;
     int B = 64, T = 256;
     long total_batch = -1;           // tokens per optimizer step; -1 = B*T
-    float learning_rate = 1e-3f, final_lr_fraction = 0.1f, weight_decay = 0.1f, grad_clip = 1.0f;
+    float learning_rate = 1e-3f, final_lr_fraction = 0.1f, weight_decay = 0.1f, grad_clip = 1.0f, dropout = 0.2f;
     int warmup = 100, max_steps = 3000;
     int val_every = 250, val_steps = 20, sample_every = 1000, sample_length = 256;
     int checkpoint_every = 0, resume = 0;
@@ -654,6 +675,7 @@ static void print_usage(void) {
            "  -l <float>  learning rate                      default 1e-3\n"
            "  -u <int>    warmup steps                       default 100\n"
            "  -c <float>  weight decay                       default 0.1\n"
+           "  -D <float>  dropout on the residual branches   default 0.2 (tinyshakespeare is small)\n"
            "  -x <int>    optimizer steps                    default 3000\n"
            "  -v <int>    validate every N steps (0 = never) default 250\n"
            "  -m <int>    validation batches                 default 20\n"
@@ -729,6 +751,7 @@ static TrainArgs parse_args(int argc, char** argv) {
             case 'l': need_float(0.0f, 10.0f); a.learning_rate = f; break;
             case 'u': need_int(0, 1 << 30); a.warmup = (int)n; break;
             case 'c': need_float(0.0f, 10.0f); a.weight_decay = f; break;
+            case 'D': need_float(0.0f, 0.9f); a.dropout = f; break;
             case 'x': need_int(1, 1 << 30); a.max_steps = (int)n; break;
             case 'v': need_int(0, 1 << 30); a.val_every = (int)n; break;
             case 'm': need_int(1, 1 << 30); a.val_steps = (int)n; break;
@@ -807,7 +830,7 @@ template <typename T> int train(const TrainArgs& args) {
         return EXIT_FAILURE;
     }
     DataLoader train_loader, val_loader;
-    if (!dataloader_init(&train_loader, args.train_pattern, args.B, args.T, cfg.vocab_size)) return EXIT_FAILURE;
+    if (!dataloader_init(&train_loader, args.train_pattern, args.B, args.T, cfg.vocab_size, true, args.seed)) return EXIT_FAILURE;
     bool have_val = args.val_every > 0 && dataloader_init(&val_loader, args.val_pattern, args.B, args.T, cfg.vocab_size);
     if (args.val_every > 0 && !have_val) return EXIT_FAILURE;
     std::string out_dir = args.output_dir ? args.output_dir : "";
@@ -843,6 +866,7 @@ template <typename T> int train(const TrainArgs& args) {
     matmul_setup();
     GPT<T> model;
     gpt_build(&model, cfg, host_master.data(), args.B, args.T);
+    model.seed = args.seed;
     TrainState state = {0, 0, 0, args.seed, (int)args.precision};
     if (args.resume) {
         std::string path = latest_state_file(out_dir);
@@ -873,6 +897,7 @@ template <typename T> int train(const TrainArgs& args) {
            args.total_batch, 10, "");
     printf("| %-21s | lr %.3g, warmup %d, cosine to %.2g, wd %.2g, clip %.1f %*s |\n", "optimizer", args.learning_rate,
            args.warmup, args.final_lr_fraction, args.weight_decay, args.grad_clip, 4, "");
+    printf("| %-21s | %-50.2f |\n", "dropout", args.dropout);
     printf("| %-21s | %-50d |\n", "steps", args.max_steps);
     printf("| %-21s | %-50.2f |\n", "GPU memory (GiB)", need / 1073741824.0);
     printf("+-----------------------+----------------------------------------------------+\n");
@@ -910,7 +935,8 @@ template <typename T> int train(const TrainArgs& args) {
         for (int micro = 0; micro < grad_accum; micro++) {
             if (!dataloader_next_batch(&train_loader)) return EXIT_FAILURE;
             gpt_upload_batch(&model, train_loader.inputs.data(), train_loader.targets.data());
-            gpt_forward(&model);
+            model.micro_step = (uint32_t)(step * grad_accum + micro);
+            gpt_forward(&model, args.dropout);
             gpt_loss(&model, 1.0f / ((float)args.B * args.T * grad_accum));
             loss += gpt_mean_loss(&model) / grad_accum;
             gpt_backward(&model);

@@ -1,6 +1,8 @@
 // Token shards in llm.c's format (256 int32 header: magic 20240520, version 1, token count; then uint16
-// tokens), found by a glob pattern, read one shard at a time. Each batch is B*T+1 consecutive tokens
-// (inputs, and targets shifted by one). Every shard is validated when opened — size against the header,
+// tokens), found by a glob pattern, read one shard at a time. Sequential mode (evaluation): each batch is
+// the next B*T+1 tokens (inputs, and targets shifted by one). Random mode (training): each row is T+1
+// tokens from an offset drawn from the shared hash (seed, batch number, row), nanoGPT-style, so a small
+// corpus is not seen in the same windows every epoch; a shard gives tokens/(B*T) batches, then the next. Every shard is validated when opened — size against the header,
 // token ids against the vocabulary, enough tokens for one batch — with a one-line error naming the file.
 // The position (shard, offset) is part of the training state, so a resumed run reads the same batches.
 #pragma once
@@ -9,6 +11,7 @@
 #include <stdio.h>
 #include <string>
 #include <vector>
+#include "rng.h"
 
 #define SHARD_MAGIC 20240520
 #define SHARD_VERSION 1
@@ -18,7 +21,9 @@ struct DataLoader {
     std::vector<uint16_t> tokens;  // the current shard
     int B, T, vocab;
     int shard;                     // index into files
-    long position;                 // next token to read in the current shard
+    long position;                 // sequential: next token to read; random: batches drawn from this shard
+    bool random_windows;
+    uint32_t seed;
     std::vector<int> inputs, targets;  // (B, T) of the last batch
 };
 
@@ -63,7 +68,10 @@ inline bool dataloader_read_shard(DataLoader* loader, int shard) {
 
 // opens every file matching pattern (sorted) and validates them all up front, so a bad shard stops the
 // run before training starts rather than hours in
-inline bool dataloader_init(DataLoader* loader, const char* pattern, int B, int T, int vocab) {
+inline bool dataloader_init(DataLoader* loader, const char* pattern, int B, int T, int vocab,
+                            bool random_windows = false, uint32_t seed = 0) {
+    loader->random_windows = random_windows;
+    loader->seed = seed;
     loader->B = B;
     loader->T = T;
     loader->vocab = vocab;
@@ -88,15 +96,36 @@ inline bool dataloader_init(DataLoader* loader, const char* pattern, int B, int 
 inline bool dataloader_seek(DataLoader* loader, int shard, long position) {
     if (shard < 0 || shard >= (int)loader->files.size()) return false;
     if (shard != loader->shard && !dataloader_read_shard(loader, shard)) return false;
-    if (position < 0 || position + (long)loader->B * loader->T + 1 > (long)loader->tokens.size()) return false;
+    long limit = loader->random_windows ? (long)loader->tokens.size() / ((long)loader->B * loader->T)
+                                        : (long)loader->tokens.size() - (long)loader->B * loader->T - 1;
+    if (position < 0 || position > limit) return false;
     loader->position = position;
     return true;
 }
 
-// the next B*T inputs and targets; moves to the next shard (cyclically) when this one has too few left
+// the next B*T inputs and targets; moves to the next shard (cyclically) when this one is used up
 inline bool dataloader_next_batch(DataLoader* loader) {
     long need = (long)loader->B * loader->T + 1;
-    if (loader->position + need > (long)loader->tokens.size()) {
+    long n = (long)loader->tokens.size();
+    if (loader->random_windows) {
+        if ((loader->position + 1) * (need - 1) > n && loader->files.size() > 1) {
+            if (!dataloader_read_shard(loader, (loader->shard + 1) % (int)loader->files.size())) return false;
+        } else if ((loader->position + 1) * (need - 1) > n) {
+            loader->position = 0;
+        }
+        uint32_t key = rng_key(loader->seed ^ 0x44415441u, (uint32_t)(loader->shard * 1000003L + loader->position));
+        for (int b = 0; b < loader->B; b++) {
+            long start = (long)((double)rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)b)) * (double)(n - loader->T));
+            if (start > n - loader->T - 1) start = n - loader->T - 1;
+            for (int t = 0; t < loader->T; t++) {
+                loader->inputs[(long)b * loader->T + t] = loader->tokens[start + t];
+                loader->targets[(long)b * loader->T + t] = loader->tokens[start + t + 1];
+            }
+        }
+        loader->position++;
+        return true;
+    }
+    if (loader->position + need > n) {
         int next = (loader->shard + 1) % (int)loader->files.size();
         if (next != loader->shard || loader->files.size() > 1) {
             if (!dataloader_read_shard(loader, next)) return false;

@@ -17,7 +17,7 @@ PYEOF
 printf "%-6s %-10s %-12s %-10s\n" model "B x T" "tok/s" "GiB"
 for spec in "d12 32" "d24 16" "d36 8"; do
     set -- $spec
-    ./train_int4 -e "$1" -b "$2" -t 1024 -V 50257 -i "$tmp/random.bin" -v 0 -s 0 -x 30 -u 0 -l 1e-4 -p "${PRECISION:-bf16}" > "$tmp/$1.log"
+    ./train_int4 -e "$1" -b "$2" -t 1024 -V 50257 -i "$tmp/random.bin" -v 0 -s 0 -x 30 -u 0 -l 1e-4 -D 0 -p "${PRECISION:-bf16}" > "$tmp/$1.log"
     tok=$(awk '/^step/ { split($2, s, "/"); if (s[1] > 10) { for (i = 1; i <= NF; i++) if ($i == "tok/s") sum += $(i - 1); n++ } }
                END { printf "%.0f", sum / n }' "$tmp/$1.log")
     mem=$(awk '/GPU memory in use/ { print $5 }' "$tmp/$1.log")
