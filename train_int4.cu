@@ -655,8 +655,8 @@ struct TrainArgs {
     int B = 64, T = 256;
     long total_batch = -1;           // tokens per optimizer step; -1 = B*T
     float learning_rate = 1e-3f, final_lr_fraction = 0.1f, weight_decay = 0.1f, grad_clip = 1.0f, dropout = 0.2f;
-    int warmup = 100, max_steps = 3000;
-    int val_every = 250, val_steps = 20, sample_every = 1000, sample_length = 256;
+    int warmup = 100, max_steps = 1500;
+    int val_every = 250, val_steps = 20, sample_every = 500, sample_length = 256;
     int checkpoint_every = 0, resume = 0;
     int vocab = 256;
     uint32_t seed = 1337;
@@ -676,10 +676,10 @@ static void print_usage(void) {
            "  -u <int>    warmup steps                       default 100\n"
            "  -c <float>  weight decay                       default 0.1\n"
            "  -D <float>  dropout on the residual branches   default 0.2 (tinyshakespeare is small)\n"
-           "  -x <int>    optimizer steps                    default 3000\n"
+           "  -x <int>    optimizer steps                    default 1500\n"
            "  -v <int>    validate every N steps (0 = never) default 250\n"
            "  -m <int>    validation batches                 default 20\n"
-           "  -s <int>    sample every N steps (0 = never)   default 1000\n"
+           "  -s <int>    sample every N steps (0 = never)   default 500\n"
            "  -g <int>    sample length (tokens)             default 256\n"
            "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
@@ -933,7 +933,7 @@ template <typename T> int train(const TrainArgs& args) {
         gpt_zero_grad(&model);
         double loss = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
-            if (!dataloader_next_batch(&train_loader)) return EXIT_FAILURE;
+            if (!dataloader_next_batch(&train_loader, (long)step * grad_accum + micro)) return EXIT_FAILURE;
             gpt_upload_batch(&model, train_loader.inputs.data(), train_loader.targets.data());
             model.micro_step = (uint32_t)(step * grad_accum + micro);
             gpt_forward(&model, args.dropout);

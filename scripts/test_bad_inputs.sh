@@ -35,3 +35,57 @@ expect_error "dump truncated" "truncated.bin: record .*truncated" ./test_int4 "$
 expect_error "dump wrong magic" "magic.bin: bad magic 12345" ./test_int4 "$tmp/magic.bin"
 expect_error "dump wrong version" "version.bin: version 99, expected 1" ./test_int4 "$tmp/version.bin"
 expect_error "dump corrupt record" "name.bin: record 0: truncated or bad name length" ./test_int4 "$tmp/name.bin"
+
+# train_int4 flags: each is rejected before any GPU work, with a message naming the flag
+expect_error "flag unknown" "unknown flag '-q'" ./train_int4 -q 1
+expect_error "flag missing value" "flag -b needs a value" ./train_int4 -b
+expect_error "flag non-numeric" "-x expects an integer" ./train_int4 -x ten
+expect_error "flag B <= 0" "-b expects an integer in \[1," ./train_int4 -b 0
+expect_error "flag negative lr" "-l expects a number in" ./train_int4 -l -1
+expect_error "flag bad precision" "-p expects fp32, bf16 or int4" ./train_int4 -p fp8
+expect_error "flag int4 not wired" "-p int4 is not available yet" ./train_int4 -p int4
+expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" ./train_int4 -d 100
+expect_error "flag heads not dividing width" "NH dividing C" ./train_int4 -e 2:64:5
+expect_error "flag bad model descriptor" "use d1..d12" ./train_int4 -e d13
+expect_error "flag resume without -o" "-y 1 needs -o" ./train_int4 -y 1
+
+# token shards: missing, empty, short header, wrong magic, wrong version, truncated, token >= vocab, too few tokens
+python3 - "$tmp" <<'PYEOF'
+import struct, sys
+d = sys.argv[1]
+def shard(name, tokens, magic=20240520, version=1, count=None, cut=0):
+    body = struct.pack(f"<{len(tokens)}H", *tokens)
+    raw = struct.pack("<256i", magic, version, len(tokens) if count is None else count, *([0] * 253)) + body
+    open(f"{d}/{name}", "wb").write(raw[:len(raw) - cut])
+open(f"{d}/empty.bin", "wb").close()
+open(f"{d}/short.bin", "wb").write(b"\0" * 100)
+tokens = [i % 256 for i in range(20000)]
+shard("magic.bin", tokens, magic=1234)
+shard("version.bin", tokens, version=7)
+shard("truncated.bin", tokens, cut=10)
+shard("vocab.bin", tokens[:-1] + [300])
+shard("few.bin", tokens[:100])
+# a complete tiny llm.c model file (version 3: maxT 16, V 256, L 1, NH 1, C 8, Vp 256; 3064 zero weights)
+open(f"{d}/tiny_model.bin", "wb").write(struct.pack("<256i", 20240326, 3, 16, 256, 1, 1, 8, 256, *([0] * 248)) + b"\0" * 4 * 3064)
+PYEOF
+expect_error "shard missing" "nope_\*.bin: no token shard matches" ./train_int4 -i "$tmp/nope_*.bin"
+expect_error "shard empty" "empty.bin: shorter than the 1024-byte shard header" ./train_int4 -i "$tmp/empty.bin"
+expect_error "shard short header" "short.bin: shorter than the 1024-byte shard header" ./train_int4 -i "$tmp/short.bin"
+expect_error "shard wrong magic" "magic.bin: bad magic 1234" ./train_int4 -i "$tmp/magic.bin"
+expect_error "shard wrong version" "version.bin: version 7, expected 1" ./train_int4 -i "$tmp/version.bin"
+expect_error "shard truncated" "truncated.bin: header says 20000 tokens" ./train_int4 -i "$tmp/truncated.bin"
+expect_error "shard token >= vocab" "vocab.bin: token 19999 is 300, not below the vocabulary size 256" ./train_int4 -i "$tmp/vocab.bin"
+expect_error "shard fewer tokens than a batch" "few.bin: 100 tokens, fewer than one batch needs" ./train_int4 -i "$tmp/few.bin"
+expect_error "val shard bad" "magic.bin: bad magic 1234" ./train_int4 -j "$tmp/magic.bin"
+# model files: missing, wrong magic, bad version, truncated
+expect_error "flag T beyond max context" "-t 32 exceeds the model's maximum sequence length 16" ./train_int4 -e "$tmp/tiny_model.bin" -t 32
+head -c 1024 "$tmp/tiny_model.bin" > "$tmp/model_trunc.bin"; printf 'xxxx' >> "$tmp/model_trunc.bin"
+cp "$tmp/magic.bin" "$tmp/model_magic.bin"
+python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('<256i',20240326,4,1024,256,1,1,8,256,*([0]*248)))" "$tmp/model_version.bin"
+expect_error "model file missing" "nope_model.bin: cannot open model file" ./train_int4 -e "$tmp/nope_model.bin"
+expect_error "model file wrong magic" "model_magic.bin: bad magic 1234, expected 20240326" ./train_int4 -e "$tmp/model_magic.bin"
+expect_error "model file wrong version" "model_version.bin: model version 4, expected 3" ./train_int4 -e "$tmp/model_version.bin"
+expect_error "model file truncated" "model_trunc.bin: 1028 bytes, but the header's config needs 13280" ./train_int4 -e "$tmp/model_trunc.bin"
+# output folder that cannot be written (a file where the folder should be)
+touch "$tmp/not_a_dir"
+expect_error "output folder unwritable" "-o $tmp/not_a_dir: cannot write" ./train_int4 -o "$tmp/not_a_dir"
