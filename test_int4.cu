@@ -467,7 +467,7 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
     OptimizerConfig opt = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
     auto run = [&](GPT<T>* model, DataLoader* loader, int from, int to, std::vector<float>* losses) {
         for (int step = from; step < to; step++) {
-            dataloader_next_batch(loader);
+            dataloader_next_batch(loader, step);
             gpt_upload_batch(model, loader->inputs.data(), loader->targets.data());
             gpt_zero_grad(model);
             model->seed = 1337;

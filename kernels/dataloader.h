@@ -1,8 +1,8 @@
 // Token shards in llm.c's format (256 int32 header: magic 20240520, version 1, token count; then uint16
 // tokens), found by a glob pattern, read one shard at a time. Sequential mode (evaluation): each batch is
 // the next B*T+1 tokens (inputs, and targets shifted by one). Random mode (training): each row is T+1
-// tokens from an offset drawn from the shared hash (seed, batch number, row), nanoGPT-style, so a small
-// corpus is not seen in the same windows every epoch; a shard gives tokens/(B*T) batches, then the next. Every shard is validated when opened — size against the header,
+// tokens from an offset drawn from the shared hash (seed, global batch number, row), nanoGPT-style, so a
+// small corpus is never seen in the same windows twice; a shard gives tokens/(B*T) batches, then the next. Every shard is validated when opened — size against the header,
 // token ids against the vocabulary, enough tokens for one batch — with a one-line error naming the file.
 // The position (shard, offset) is part of the training state, so a resumed run reads the same batches.
 #pragma once
@@ -103,8 +103,9 @@ inline bool dataloader_seek(DataLoader* loader, int shard, long position) {
     return true;
 }
 
-// the next B*T inputs and targets; moves to the next shard (cyclically) when this one is used up
-inline bool dataloader_next_batch(DataLoader* loader) {
+// the next B*T inputs and targets; moves to the next shard (cyclically) when this one is used up.
+// batch_number (random mode): the run's count of batches so far, which picks the windows
+inline bool dataloader_next_batch(DataLoader* loader, long batch_number = 0) {
     long need = (long)loader->B * loader->T + 1;
     long n = (long)loader->tokens.size();
     if (loader->random_windows) {
@@ -113,7 +114,7 @@ inline bool dataloader_next_batch(DataLoader* loader) {
         } else if ((loader->position + 1) * (need - 1) > n) {
             loader->position = 0;
         }
-        uint32_t key = rng_key(loader->seed ^ 0x44415441u, (uint32_t)(loader->shard * 1000003L + loader->position));
+        uint32_t key = rng_key(loader->seed ^ 0x44415441u, (uint32_t)batch_number);
         for (int b = 0; b < loader->B; b++) {
             long start = (long)((double)rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)b)) * (double)(n - loader->T));
             if (start > n - loader->T - 1) start = n - loader->T - 1;
