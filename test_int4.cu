@@ -385,24 +385,37 @@ template <typename T> static std::vector<float> device_to_float(const T* src, si
 // tensor's scale, so 2e-2. The loss averages 128 tokens: fp32 within 1e-5 absolute, bf16 within 1e-2.
 // AdamW normalises each update to ~lr per element whatever the gradient's error, so the 10-step losses
 // track the reference as closely as the first loss (measured 5e-7 fp32, 2e-3 bf16): 1e-5 and 1e-2.
+// mode_name: "fp32", "bf16" (both against the dump's fp32 records) or "int4" (FP32 activations with the
+// quantized linear layers, against the int4 records, starting from the dump's LSQ steps)
 template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, const char* mode_name,
                                                      float tol_logits, float tol_loss, float tol_grad, float tol_steps) {
     GPTConfig cfg = dump_config(dump);
     const int B = dump.header[9], T_ = dump.header[10], N = B * T_;
+    const bool int4 = !strcmp(mode_name, "int4");
+    const std::string ref = int4 ? "int4/" : "fp32/";
     std::vector<float> master = dump_parameters(dump, cfg);
     const DumpRecord* inputs = dump_require(dump, "inputs", DUMP_I32, (size_t)N);
     const DumpRecord* targets = dump_require(dump, "targets", DUMP_I32, (size_t)N);
-    const DumpRecord* logits_ref = dump_require(dump, "fp32/logits", DUMP_F32, (size_t)N * cfg.padded_vocab_size);
-    const DumpRecord* loss_ref = dump_require(dump, "fp32/loss", DUMP_F32, 1);
-    const DumpRecord* losses_ref = dump_require(dump, "fp32/losses", DUMP_F32, (size_t)dump.header[14]);
+    const DumpRecord* logits_ref = dump_require(dump, (ref + "logits").c_str(), DUMP_F32, (size_t)N * cfg.padded_vocab_size);
+    const DumpRecord* loss_ref = dump_require(dump, (ref + "loss").c_str(), DUMP_F32, 1);
+    const DumpRecord* losses_ref = dump_require(dump, (ref + "losses").c_str(), DUMP_F32, (size_t)dump.header[14]);
+    const DumpRecord* steps_ref = int4 ? dump_require(dump, "int4/lsq_steps", DUMP_F32, (size_t)cfg.num_layers * 8) : nullptr;
+    const DumpRecord* step_grads_ref = int4 ? dump_require(dump, "int4/grad/lsq_steps", DUMP_F32, (size_t)cfg.num_layers * 8) : nullptr;
     char name[128];
-    if (master.empty() || !inputs || !targets || !logits_ref || !loss_ref || !losses_ref) {
+    if (master.empty() || !inputs || !targets || !logits_ref || !loss_ref || !losses_ref ||
+        (int4 && (!steps_ref || !step_grads_ref))) {
         snprintf(name, sizeof name, "%s model vs dump", mode_name);
         check(false, name, "dump records missing");
         return;
     }
     GPT<T> model;
-    gpt_build(&model, cfg, master.data(), B, T_);
+    QuantConfig quant = {int4, dump.header[12], dump.header_float(13), {}};
+    gpt_build(&model, cfg, master.data(), B, T_, quant);
+    model.seed = (uint32_t)dump.header[11];
+    if (int4) {
+        cudaCheck(cudaMemcpy(model.lsq_steps, steps_ref->as<float>(), cfg.num_layers * 8 * sizeof(float), cudaMemcpyHostToDevice));
+        model.steps_initialised = true;
+    }
     gpt_upload_batch(&model, inputs->as<int>(), targets->as<int>());
     gpt_zero_grad(&model);
     gpt_forward(&model);
@@ -415,19 +428,19 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     snprintf(name, sizeof name, "%s loss", mode_name);
     check(fabsf(loss - loss_ref->as<float>()[0]) <= tol_loss, name, "%.6f vs %.6f", loss, loss_ref->as<float>()[0]);
     gpt_backward(&model);
-    std::vector<float> grads(model.num_parameters);
+    std::vector<float> grads(model.num_parameters + model.num_steps);
     cudaCheck(cudaMemcpy(grads.data(), model.grads_memory, grads.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    if (int4) {
+        float gd = max_diff_scaled(grads.data() + model.num_parameters, step_grads_ref->as<float>(), model.num_steps);
+        check(gd <= tol_grad, "int4 grad lsq_steps", "max diff %.2e of the largest step gradient (tolerance %.0e)", gd, tol_grad);
+    }
     size_t offset = 0;
-    int grads_ok = 0;
-    float worst = 0.0f;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        std::string rec = std::string("fp32/grad/") + parameter_names[i];
+        std::string rec = ref + "grad/" + parameter_names[i];
         const DumpRecord* r = dump_require(dump, rec.c_str(), DUMP_F32, model.parameter_sizes[i]);
         float gd = r ? max_diff_scaled(grads.data() + offset, r->as<float>(), model.parameter_sizes[i]) : 1e30f;
         snprintf(name, sizeof name, "%s grad %s", mode_name, parameter_names[i]);
         check(gd <= tol_grad, name, "max diff %.2e of the tensor's max |grad| (tolerance %.0e)", gd, tol_grad);
-        grads_ok += gd <= tol_grad;
-        worst = fmaxf(worst, gd);
         offset += model.parameter_sizes[i];
     }
     // 10 AdamW steps on the same batch, constant lr, as the reference
@@ -436,6 +449,7 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     float step_diff = 0.0f;
     std::string trace;
     for (int step = 0; step < dump.header[14]; step++) {
+        model.micro_step = (uint32_t)step;  // the reference's RNG streams use the step number
         if (step > 0) {
             gpt_zero_grad(&model);
             gpt_forward(&model);
@@ -567,6 +581,7 @@ int main(int argc, char** argv) {
         matmul_setup();
         test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
         test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
+        test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 1e-3f, 1e-4f);
         test_resume_determinism<float>(dump, "fp32");
         test_resume_determinism<__nv_bfloat16>(dump, "bf16");
         matmul_teardown();

@@ -35,6 +35,8 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include "kernels/adamw.h"
 #include "kernels/dataloader.h"
 #include "kernels/checkpoint.h"
+#include "kernels/quant_linear.h"
+#include "kernels/qstats.h"
 
 // ----------------------------------------------------------------------------------------------------------
 // config
@@ -151,6 +153,19 @@ template <typename T> struct GPT {
     int* targets;                     // (B, T) device
     int* buckets;                     // encoder-backward token buckets, device
     float* norm;                      // the last global gradient norm, device
+    // INT4 mode: the four linear layers of each block (except those kept in BF16) are quantized layers;
+    // their LSQ steps (L, 4, 2: [layer][qkv, attproj, fc, fcproj][x, w]) live in FP32 right after the
+    // parameters in master/grads/m/v, so the optimizer, the gradient norm and the state file include them
+    bool int4;
+    int hadamard_block;
+    float keep_ratio;
+    std::vector<char> layer_in_bf16;  // per layer: 1 = this block's linears stay in BF16
+    size_t num_steps;                 // L * 8 in INT4 mode, else 0
+    float* lsq_steps;                 // master_memory + num_parameters
+    float* lsq_grads;                 // grads_memory + num_parameters
+    bool steps_initialised;
+    QuantScratch quant;
+    double* qstats_scratch;
     float dropout;                    // residual-branch dropout of the last forward (0 in evaluation)
     uint32_t seed, micro_step;        // dropout masks: streams (micro_step, layer*4 + branch, RNG_USE_DATA)
     TokenBuckets host_buckets;
@@ -183,10 +198,25 @@ static size_t activation_bytes(const GPTConfig& c, int B, int T, size_t elem) {
     return t_elems * elem + f_elems * sizeof(float);
 }
 
+struct QuantConfig {
+    bool enabled;
+    int hadamard_block;
+    float keep_ratio;
+    std::vector<char> layer_in_bf16;
+};
+
 // allocates everything for batch (B, T) and uploads the FP32 master weights from host
 template <typename T>
-void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, int B, int T_) {
+void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, int B, int T_,
+               const QuantConfig& quant = {false, 32, 1.0f, {}}) {
     model->config = cfg;
+    model->int4 = quant.enabled;
+    model->hadamard_block = quant.hadamard_block;
+    model->keep_ratio = quant.keep_ratio;
+    model->layer_in_bf16 = quant.layer_in_bf16;
+    model->layer_in_bf16.resize(cfg.num_layers, 0);
+    model->num_steps = quant.enabled ? (size_t)cfg.num_layers * 8 : 0;
+    model->steps_initialised = false;
     model->B = B;
     model->T_ = T_;
     model->dropout = 0.0f;
@@ -196,15 +226,19 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     size_t n = 0;
     for (size_t s : model->parameter_sizes) n += s;
     model->num_parameters = n;
+    size_t total = n + model->num_steps;
     cudaCheck(cudaStreamCreate(&model->stream));
-    cudaCheck(cudaMalloc(&model->master_memory, n * sizeof(float)));
-    cudaCheck(cudaMalloc(&model->grads_memory, n * sizeof(float)));
-    cudaCheck(cudaMalloc(&model->m_memory, n * sizeof(float)));
-    cudaCheck(cudaMalloc(&model->v_memory, n * sizeof(float)));
-    cudaCheck(cudaMemset(model->m_memory, 0, n * sizeof(float)));
-    cudaCheck(cudaMemset(model->v_memory, 0, n * sizeof(float)));
-    cudaCheck(cudaMemset(model->grads_memory, 0, n * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->master_memory, total * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->grads_memory, total * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->m_memory, total * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->v_memory, total * sizeof(float)));
+    cudaCheck(cudaMemset(model->m_memory, 0, total * sizeof(float)));
+    cudaCheck(cudaMemset(model->v_memory, 0, total * sizeof(float)));
+    cudaCheck(cudaMemset(model->grads_memory, 0, total * sizeof(float)));
+    cudaCheck(cudaMemset(model->master_memory, 0, total * sizeof(float)));
     cudaCheck(cudaMemcpy(model->master_memory, host_master, n * sizeof(float), cudaMemcpyHostToDevice));
+    model->lsq_steps = model->master_memory + n;
+    model->lsq_grads = model->grads_memory + n;
     if (std::is_same<T, float>::value) {
         model->params_memory = (T*)model->master_memory;
     } else {
@@ -260,12 +294,16 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     cudaCheck(cudaMalloc(&model->targets, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->buckets, (3 * BT + 1) * sizeof(int)));  // <= BT buckets: tokens, starts, positions
     cudaCheck(cudaMalloc(&model->norm, sizeof(float)));
+    cudaCheck(cudaMalloc(&model->qstats_scratch, 4 * sizeof(double)));
+    if (model->int4) quant_scratch_alloc(&model->quant, BT, 4 * cfg.channels);
 }
 
 template <typename T> void gpt_free(GPT<T>* model) {
     if ((void*)model->params_memory != (void*)model->master_memory) cudaCheck(cudaFree(model->params_memory));
+    if (model->int4) quant_scratch_free(&model->quant);
     void* buffers[] = {model->master_memory, model->grads_memory, model->m_memory, model->v_memory,
-                       model->acts_memory, model->inputs, model->targets, model->buckets, model->norm};
+                       model->acts_memory, model->inputs, model->targets, model->buckets, model->norm,
+                       model->qstats_scratch};
     for (void* p : buffers) cudaCheck(cudaFree(p));
     cudaCheck(cudaStreamDestroy(model->stream));
 }
@@ -284,6 +322,44 @@ template <typename T> void gpt_upload_batch(GPT<T>* model, const int* inputs, co
     cudaCheck(cudaMemcpyAsync(dst + b.count(), b.bucket_start.data(), (b.count() + 1) * sizeof(int), cudaMemcpyHostToDevice, model->stream));
     cudaCheck(cudaMemcpyAsync(dst + 2 * b.count() + 1, b.positions.data(), BT * sizeof(int), cudaMemcpyHostToDevice, model->stream));
     cudaCheck(cudaStreamSynchronize(model->stream));  // the host bucket vectors are reused by the next upload
+}
+
+// One linear layer of block `layer` (which: 0 qkv, 1 attproj, 2 fc, 3 fcproj): out (N x M) = inp (N x K) · wᵀ + b.
+// The precision switch of the model is here: in INT4 mode a quantized layer (HQ-MM), else cuBLASLt.
+template <typename T> bool linear_is_quantized(GPT<T>* model, int layer) {
+    return model->int4 && !model->layer_in_bf16[layer];
+}
+
+template <typename T>
+void linear_forward(GPT<T>* model, int layer, int which, T* out, const T* inp, const T* w, const T* b, int K, int M) {
+    int N = model->B * model->T_;
+    if (!linear_is_quantized(model, layer)) {
+        matmul_forward(out, inp, w, b, N, K, M, model->stream);
+        return;
+    }
+    float* step_x = model->lsq_steps + layer * 8 + which * 2;
+    if (!model->steps_initialised) {  // LSQ init at the first forward: 2·mean|v·H|/√7 for the input and the weight
+        int g = model->hadamard_block;
+        float init[2] = {quant_error(inp, N, K, g, 0.0f, model->qstats_scratch, model->stream).step,
+                         quant_error(w, M, K, g, 0.0f, model->qstats_scratch, model->stream).step};
+        cudaCheck(cudaMemcpy(step_x, init, sizeof init, cudaMemcpyHostToDevice));
+    }
+    quant_linear_forward(out, inp, w, b, N, K, M, model->hadamard_block, step_x, step_x + 1, model->quant, model->stream);
+}
+
+template <typename T>
+void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, float* db, const T* dout, const T* inp,
+                     const T* w, int K, int M) {
+    int N = model->B * model->T_;
+    if (!linear_is_quantized(model, layer)) {
+        matmul_backward(dinp, dw, db, dout, inp, w, N, K, M, model->acts.reduce, model->stream);
+        return;
+    }
+    int offset = layer * 8 + which * 2;
+    quant_linear_backward(dinp, dw, db, model->lsq_grads + offset, model->lsq_grads + offset + 1, dout, inp, w, N, K,
+                          M, model->hadamard_block, model->lsq_steps + offset, model->lsq_steps + offset + 1,
+                          model->keep_ratio, model->seed, model->micro_step, (uint32_t)(layer * 4 + which),
+                          model->quant, model->acts.reduce, model->stream);
 }
 
 // dropout of a residual branch's output (branch 1: attention projection, 3: MLP projection); forward and
@@ -318,19 +394,20 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
         T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
         T* residual3 = a.residual3 + (size_t)l * N * C;
         layernorm_forward(ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, residual, p.ln1w + l * C, p.ln1b + l * C, N, C, s);
-        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, N, C, 3 * C, s);
+        linear_forward(model, l, 0, qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, C, 3 * C);
         attention_forward(atty, att, qkv, (const int*)nullptr, B, T_, C, NH, a.attention, s);
-        matmul_forward(a.btc, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, N, C, C, s);
+        linear_forward(model, l, 1, a.btc, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, C, C);
         if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 1);
         residual_forward(residual2, residual, a.btc, (long)N * C, s);
         layernorm_forward(ln2, a.ln2_mean + l * N, a.ln2_rstd + l * N, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C, s);
-        matmul_forward(fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, N, C, 4 * C, s);
+        linear_forward(model, l, 2, fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, C, 4 * C);
         gelu_forward(fch_gelu, fch, (long)N * 4 * C, s);
-        matmul_forward(a.btc, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, N, 4 * C, C, s);
+        linear_forward(model, l, 3, a.btc, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, 4 * C, C);
         if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 3);
         residual_forward(residual3, residual2, a.btc, (long)N * C, s);
         nvtxRangePop();
     }
+    model->steps_initialised = true;
     nvtxRangePush("head_forward");
     layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, p.lnfb, N, C, s);
     matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, cfg.padded_vocab_size, s);
@@ -375,20 +452,20 @@ template <typename T> void gpt_backward(GPT<T>* model) {
         T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
         const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
         if (model->dropout > 0.0f) { gpt_dropout(model, a.btc, a.dresidual, l, 3); dbranch = a.btc; }
-        matmul_backward(a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, dbranch, fch_gelu,
-                        p.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, a.reduce, s);
+        linear_backward(model, l, 3, a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, dbranch, fch_gelu,
+                        p.fcprojw + (size_t)l * C * 4 * C, 4 * C, C);
         gelu_backward(a.bt4c, fch, a.bt4c, (long)N * 4 * C, s);
-        matmul_backward(a.btc, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, a.bt4c, ln2, p.fcw + (size_t)l * 4 * C * C,
-                        N, C, 4 * C, a.reduce, s);
+        linear_backward(model, l, 2, a.btc, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, a.bt4c, ln2,
+                        p.fcw + (size_t)l * 4 * C * C, C, 4 * C);
         layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.btc, residual2, p.ln2w + l * C,
                            a.ln2_mean + l * N, a.ln2_rstd + l * N, N, C, a.reduce, s);
         dbranch = a.dresidual;
         if (model->dropout > 0.0f) { gpt_dropout(model, a.bt3c, a.dresidual, l, 1); dbranch = a.bt3c; }
-        matmul_backward(a.btc, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dbranch, atty,
-                        p.attprojw + (size_t)l * C * C, N, C, C, a.reduce, s);
+        linear_backward(model, l, 1, a.btc, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dbranch, atty,
+                        p.attprojw + (size_t)l * C * C, C, C);
         attention_backward(a.bt3c, a.btc, qkv, att, B, T_, C, NH, a.attention, s);
-        matmul_backward(a.btc, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, a.bt3c, ln1,
-                        p.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, a.reduce, s);
+        linear_backward(model, l, 0, a.btc, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, a.bt3c, ln1,
+                        p.qkvw + (size_t)l * 3 * C * C, C, 3 * C);
         layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.btc, residual, p.ln1w + l * C,
                            a.ln1_mean + l * N, a.ln1_rstd + l * N, N, C, a.reduce, s);
         nvtxRangePop();
@@ -407,13 +484,15 @@ struct OptimizerConfig {
 
 // zero the gradients before the first micro-step of an optimizer step
 template <typename T> void gpt_zero_grad(GPT<T>* model) {
-    cudaCheck(cudaMemsetAsync(model->grads_memory, 0, model->num_parameters * sizeof(float), model->stream));
+    cudaCheck(cudaMemsetAsync(model->grads_memory, 0, (model->num_parameters + model->num_steps) * sizeof(float),
+                              model->stream));
 }
 
 // t: the step number starting at 1 (bias correction); returns nothing and does not synchronise
 template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt, float lr, int t) {
     nvtxRangePush("adamw");
-    global_norm(model->norm, model->grads_memory, (long)model->num_parameters, model->acts.reduce, model->stream);
+    global_norm(model->norm, model->grads_memory, (long)(model->num_parameters + model->num_steps), model->acts.reduce,
+                model->stream);
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = model->parameter_sizes[i];
@@ -421,6 +500,11 @@ template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt,
                      model->m_memory + offset, model->v_memory + offset, (long)n, lr, opt.beta1, opt.beta2, t, opt.eps,
                      parameter_is_decayed(i) ? opt.weight_decay : 0.0f, model->norm, opt.grad_clip, model->stream);
         offset += n;
+    }
+    if (model->num_steps > 0) {  // LSQ steps: FP32 only, no weight decay
+        adamw_update(model->lsq_steps, model->lsq_steps, model->lsq_grads, model->m_memory + offset,
+                     model->v_memory + offset, (long)model->num_steps, lr, opt.beta1, opt.beta2, t, opt.eps, 0.0f,
+                     model->norm, opt.grad_clip, model->stream);
     }
     nvtxRangePop();
 }
@@ -514,12 +598,17 @@ struct TrainState {
     int precision;
 };
 
+template <typename T> int model_precision(GPT<T>* model) {
+    return model->int4 ? PRECISION_INT4 : std::is_same<T, float>::value ? PRECISION_FP32 : PRECISION_BF16;
+}
+
+// the model file holds llm.c's 16 tensors; the state file all FP32 values (with INT4 mode's LSQ steps)
 template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir, const TrainState& st) {
-    size_t n = model->num_parameters;
-    std::vector<float> master(n), m(n), v(n);
-    cudaCheck(cudaMemcpy(master.data(), model->master_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(m.data(), model->m_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(v.data(), model->v_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
+    size_t n = model->num_parameters, total = n + model->num_steps;
+    std::vector<float> master(total), m(total), v(total);
+    cudaCheck(cudaMemcpy(master.data(), model->master_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(m.data(), model->m_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(v.data(), model->v_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
     int32_t header[256];
     char path[1024];
     bool bf16 = !std::is_same<T, float>::value;
@@ -544,9 +633,9 @@ template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir
     const GPTConfig& c = model->config;
     int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
     memcpy(&header[8], config, sizeof config);
-    memcpy(&header[14], &n, sizeof n);
+    memcpy(&header[14], &total, sizeof total);
     snprintf(path, sizeof path, "%s/state_%08d.bin", dir.c_str(), st.step);
-    ok = ok && write_file_atomic(path, header, {{master.data(), n * 4}, {m.data(), n * 4}, {v.data(), n * 4}});
+    ok = ok && write_file_atomic(path, header, {{master.data(), total * 4}, {m.data(), total * 4}, {v.data(), total * 4}});
     return ok;
 }
 
@@ -579,10 +668,11 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
     const GPTConfig& c = model->config;
     int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
     bool ok = false;
-    int precision = std::is_same<T, float>::value ? PRECISION_FP32 : PRECISION_BF16;
+    int precision = model_precision(model);
+    size_t total = model->num_parameters + model->num_steps;
     if (header[1] != STATE_VERSION) {
         fprintf(stderr, "%s: state version %d, expected %d\n", path, header[1], STATE_VERSION);
-    } else if (memcmp(&header[8], config, sizeof config) != 0 || n != model->num_parameters) {
+    } else if (memcmp(&header[8], config, sizeof config) != 0 || n != total) {
         fprintf(stderr, "%s: model config (maxT %d, V %d, Vp %d, L %d, NH %d, C %d) differs from this run's flags\n", path,
                 header[8], header[9], header[10], header[11], header[12], header[13]);
     } else if (header[7] != precision) {
@@ -591,16 +681,17 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
     } else if ((size_t)file_size != 1024 + 3 * n * 4) {
         fprintf(stderr, "%s: %ld bytes, expected %zu (truncated?)\n", path, file_size, 1024 + 3 * n * 4);
     } else {
-        std::vector<float> buffer(n);
+        std::vector<float> buffer(n);  // n == total here
         ok = true;
         float* targets[3] = {model->master_memory, model->m_memory, model->v_memory};
         for (int i = 0; i < 3 && ok; i++) {
             ok = read_exact(f, buffer.data(), n * 4, path);
             if (ok) cudaCheck(cudaMemcpy(targets[i], buffer.data(), n * 4, cudaMemcpyHostToDevice));
             if (ok && i == 0 && !std::is_same<T, float>::value) {
-                std::vector<T> converted(n);
-                for (size_t j = 0; j < n; j++) converted[j] = host_float_to_bf16(buffer[j]);
-                cudaCheck(cudaMemcpy(model->params_memory, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+                size_t np = model->num_parameters;
+                std::vector<T> converted(np);
+                for (size_t j = 0; j < np; j++) converted[j] = host_float_to_bf16(buffer[j]);
+                cudaCheck(cudaMemcpy(model->params_memory, converted.data(), np * sizeof(T), cudaMemcpyHostToDevice));
             }
         }
         st->step = header[2];
@@ -608,6 +699,7 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
         memcpy(&st->position, &header[4], sizeof(long));
         st->seed = (uint32_t)header[6];
         st->precision = header[7];
+        model->steps_initialised = true;  // the LSQ steps came from the file
     }
     fclose(f);
     return ok;
@@ -661,6 +753,9 @@ struct TrainArgs {
     int vocab = 256;
     uint32_t seed = 1337;
     Precision precision = PRECISION_BF16;
+    int hadamard_block = 32;           // INT4 mode
+    float keep_ratio = 0.5f;
+    const char* bf16_layers = "";      // comma-separated layer indices kept in BF16 in INT4 mode
 };
 
 static void print_usage(void) {
@@ -684,6 +779,9 @@ static void print_usage(void) {
            "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
            "  -p <mode>   precision: fp32 | bf16 | int4      default bf16\n"
+           "  -q <int>    INT4: Hadamard block size 16 | 32 | 64 | 128        default 32\n"
+           "  -r <float>  INT4: LSS keep ratio in (0, 1] (1 = exact bit split)  default 0.5\n"
+           "  -k <list>   INT4: layers kept in BF16, e.g. 0,5 (first and last of d6)   default none\n"
            "  -V <int>    vocabulary size of the shards (256 bytes, 50257 GPT-2)   default 256\n"
            "  -z <int>    seed (init, sampling)              default 1337\n"
            "  -h          this help\n");
@@ -761,6 +859,17 @@ static TrainArgs parse_args(int argc, char** argv) {
             case 'y': need_int(0, 1); a.resume = (int)n; break;
             case 'V': need_int(2, 1 << 22); a.vocab = (int)n; break;
             case 'z': need_int(0, 0xffffffffL); a.seed = (uint32_t)n; break;
+            case 'q':
+                need_int(16, 128);
+                if (n != 16 && n != 32 && n != 64 && n != 128) die("-q expects 16, 32, 64 or 128, got '%s'", value);
+                a.hadamard_block = (int)n;
+                break;
+            case 'r':
+                need_float(0.0f, 1.0f);
+                if (f <= 0.0f) die("-r expects a keep ratio in (0, 1], got '%s'", value);
+                a.keep_ratio = f;
+                break;
+            case 'k': a.bf16_layers = value; break;
             case 'p':
                 if (!strcmp(value, "fp32")) a.precision = PRECISION_FP32;
                 else if (!strcmp(value, "bf16")) a.precision = PRECISION_BF16;
@@ -829,6 +938,26 @@ template <typename T> int train(const TrainArgs& args) {
         fprintf(stderr, "error: -V %d differs from the model file's vocabulary %d\n", args.vocab, cfg.vocab_size);
         return EXIT_FAILURE;
     }
+    QuantConfig quant = {args.precision == PRECISION_INT4, args.hadamard_block, args.keep_ratio,
+                         std::vector<char>(cfg.num_layers, 0)};
+    if (quant.enabled) {
+        if (cfg.channels % args.hadamard_block != 0) {
+            fprintf(stderr, "error: -q %d: the width C = %d is not a multiple of the Hadamard block\n", args.hadamard_block,
+                    cfg.channels);
+            return EXIT_FAILURE;
+        }
+        for (const char* c = args.bf16_layers; *c;) {
+            char* end;
+            long layer = strtol(c, &end, 10);
+            if (end == c || layer < 0 || layer >= cfg.num_layers || (*end && *end != ',')) {
+                fprintf(stderr, "error: -k %s: expected comma-separated layer indices in [0, %d)\n", args.bf16_layers,
+                        cfg.num_layers);
+                return EXIT_FAILURE;
+            }
+            quant.layer_in_bf16[layer] = 1;
+            c = *end ? end + 1 : end;
+        }
+    }
     DataLoader train_loader, val_loader;
     if (!dataloader_init(&train_loader, args.train_pattern, args.B, args.T, cfg.vocab_size, true, args.seed)) return EXIT_FAILURE;
     bool have_val = args.val_every > 0 && dataloader_init(&val_loader, args.val_pattern, args.B, args.T, cfg.vocab_size);
@@ -865,7 +994,7 @@ template <typename T> int train(const TrainArgs& args) {
     }
     matmul_setup();
     GPT<T> model;
-    gpt_build(&model, cfg, host_master.data(), args.B, args.T);
+    gpt_build(&model, cfg, host_master.data(), args.B, args.T, quant);
     model.seed = args.seed;
     TrainState state = {0, 0, 0, args.seed, (int)args.precision};
     if (args.resume) {
@@ -967,11 +1096,6 @@ template <typename T> int train(const TrainArgs& args) {
 #ifndef TESTING
 int main(int argc, char** argv) {
     TrainArgs args = parse_args(argc, argv);
-    if (args.precision == PRECISION_INT4) {
-        fprintf(stderr, "error: -p int4 is not available yet: the INT4 linear layers are not wired into the trainer "
-                        "(use -p bf16 or -p fp32)\n");
-        return EXIT_FAILURE;
-    }
     return args.precision == PRECISION_FP32 ? train<float>(args) : train<__nv_bfloat16>(args);
 }
 #endif

@@ -37,13 +37,17 @@ expect_error "dump wrong version" "version.bin: version 99, expected 1" ./test_i
 expect_error "dump corrupt record" "name.bin: record 0: truncated or bad name length" ./test_int4 "$tmp/name.bin"
 
 # train_int4 flags: each is rejected before any GPU work, with a message naming the flag
-expect_error "flag unknown" "unknown flag '-q'" ./train_int4 -q 1
+expect_error "flag unknown" "unknown flag '-w'" ./train_int4 -w 1
 expect_error "flag missing value" "flag -b needs a value" ./train_int4 -b
 expect_error "flag non-numeric" "-x expects an integer" ./train_int4 -x ten
 expect_error "flag B <= 0" "-b expects an integer in \[1," ./train_int4 -b 0
 expect_error "flag negative lr" "-l expects a number in" ./train_int4 -l -1
 expect_error "flag bad precision" "-p expects fp32, bf16 or int4" ./train_int4 -p fp8
-expect_error "flag int4 not wired" "-p int4 is not available yet" ./train_int4 -p int4
+expect_error "flag Hadamard block" "-q expects 16, 32, 64 or 128, got '48'" ./train_int4 -p int4 -q 48
+expect_error "flag keep ratio 0" "-r expects a keep ratio in (0, 1\], got '0'" ./train_int4 -p int4 -r 0
+expect_error "flag keep ratio > 1" "-r expects a number in \[0, 1\], got '1.5'" ./train_int4 -p int4 -r 1.5
+expect_error "flag width not a multiple of the block" "-q 64: the width C = 96 is not a multiple" ./train_int4 -p int4 -e 2:96:2 -q 64
+expect_error "flag BF16 layer list" "-k 0,7: expected comma-separated layer indices in \[0, 6)" ./train_int4 -p int4 -k 0,7
 expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" ./train_int4 -d 100
 expect_error "flag heads not dividing width" "NH dividing C" ./train_int4 -e 2:64:5
 expect_error "flag bad model descriptor" "use d1..d12" ./train_int4 -e d13
