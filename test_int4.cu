@@ -385,6 +385,13 @@ template <typename T> static std::vector<float> device_to_float(const T* src, si
 // tensor's scale, so 2e-2. The loss averages 128 tokens: fp32 within 1e-5 absolute, bf16 within 1e-2.
 // AdamW normalises each update to ~lr per element whatever the gradient's error, so the 10-step losses
 // track the reference as closely as the first loss (measured 5e-7 fp32, 2e-3 bf16): 1e-5 and 1e-2.
+// int4 (FP32 activations, quantized linears, the dump's LSQ steps): the forward is exact integer arithmetic
+// on identical codes, so logits and loss get the fp32 tolerances (measured 2e-7). In the backward, inputs of
+// a quantized layer differ from PyTorch's by FP32 rounding (~1e-7), which can flip a stochastic-rounding
+// decision or an LSS keep where u lands within that distance of the threshold: one flipped low code moves
+// one term of a token sum by 1/98 of that row's largest gradient. Measured: 1.8e-3 of the tensor's scale
+// (attprojw), so 5e-3. Such flips make the 10-step trajectories drift apart slowly (measured 3e-3 by step
+// 10); 1e-2 is still 7x below the gap between the reference's own int4 and fp32 losses after 10 steps (7e-2).
 // mode_name: "fp32", "bf16" (both against the dump's fp32 records) or "int4" (FP32 activations with the
 // quantized linear layers, against the int4 records, starting from the dump's LSQ steps)
 template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, const char* mode_name,
@@ -581,7 +588,7 @@ int main(int argc, char** argv) {
         matmul_setup();
         test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
         test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
-        test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 1e-3f, 1e-4f);
+        test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-2f);
         test_resume_determinism<float>(dump, "fp32");
         test_resume_determinism<__nv_bfloat16>(dump, "bf16");
         matmul_teardown();
