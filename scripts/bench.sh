@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: BF16 training throughput and GPU memory at GPT-2 shapes (vocab 50257 padded to 50304, random
 # tokens, T = 1024): d12 B=32, d24 B=16, d36 B=8, mean tok/s over steps 11-30. Needs a GPU; prints a table.
+# PRECISION=int4 measures the INT4 mode; MODELS="d12:32" picks shapes; STEPS (default 30) the step count.
 # The anchors to compare with (same H100 kind, issue 8): PyTorch 2.11 torch.compile 487,300 / 176,300 /
 # 75,100 tok/s; llm.c without cuDNN 327,800 / 122,200 / 56,900; llm.c with cuDNN 522,000 / 191,600 / 84,100.
 set -eu
@@ -15,9 +16,9 @@ with open(sys.argv[1], "wb") as f:
     f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
 PYEOF
 printf "%-6s %-10s %-12s %-10s\n" model "B x T" "tok/s" "GiB"
-for spec in "d12 32" "d24 16" "d36 8"; do
-    set -- $spec
-    ./train_int4 -e "$1" -b "$2" -t 1024 -V 50257 -i "$tmp/random.bin" -v 0 -s 0 -x 30 -u 0 -l 1e-4 -D 0 -p "${PRECISION:-bf16}" > "$tmp/$1.log"
+for spec in ${MODELS:-d12:32 d24:16 d36:8}; do  # model:batch
+    set -- ${spec%%:*} ${spec#*:}
+    ./train_int4 -e "$1" -b "$2" -t 1024 -V 50257 -i "$tmp/random.bin" -v 0 -s 0 -x "${STEPS:-30}" -u 0 -l 1e-4 -D 0 -p "${PRECISION:-bf16}" > "$tmp/$1.log"
     tok=$(awk '/^step/ { split($2, s, "/"); if (s[1] > 10) { for (i = 1; i <= NF; i++) if ($i == "tok/s") sum += $(i - 1); n++ } }
                END { printf "%.0f", sum / n }' "$tmp/$1.log")
     mem=$(awk '/GPU memory in use/ { print $5 }' "$tmp/$1.log")
