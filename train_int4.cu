@@ -934,7 +934,7 @@ template <typename T> int train(const TrainArgs& args) {
         fprintf(stderr, "error: -t %d exceeds the model's maximum sequence length %d\n", args.T, cfg.max_seq_len);
         return EXIT_FAILURE;
     }
-    if (cfg.vocab_size != args.vocab && strcmp(args.model, "") && args.vocab != 256) {
+    if (args.vocab != 256 && cfg.vocab_size != args.vocab) {  // -V given, and a model file that disagrees
         fprintf(stderr, "error: -V %d differs from the model file's vocabulary %d\n", args.vocab, cfg.vocab_size);
         return EXIT_FAILURE;
     }
