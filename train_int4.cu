@@ -324,6 +324,20 @@ template <typename T> void gpt_upload_batch(GPT<T>* model, const int* inputs, co
     cudaCheck(cudaStreamSynchronize(model->stream));  // the host bucket vectors are reused by the next upload
 }
 
+// layer l's slices of the per-layer activations; residual is the block's input (the embedding for l = 0)
+template <typename T> struct LayerActivations {
+    T *residual, *ln1, *qkv, *atty, *att, *residual2, *ln2, *fch, *fch_gelu, *residual3;
+};
+
+template <typename T> LayerActivations<T> layer_activations(GPT<T>* model, int l) {
+    ActivationTensors<T>& a = model->acts;
+    size_t NC = (size_t)model->B * model->T_ * model->config.channels;
+    size_t att_size = (size_t)model->config.num_heads * model->B * model->T_ * model->T_;
+    return {l == 0 ? a.encoded : a.residual3 + (l - 1) * NC, a.ln1 + l * NC, a.qkv + l * 3 * NC, a.atty + l * NC,
+            a.att + l * att_size, a.residual2 + l * NC, a.ln2 + l * NC, a.fch + l * 4 * NC, a.fch_gelu + l * 4 * NC,
+            a.residual3 + l * NC};
+}
+
 // One linear layer of block `layer` (which: 0 qkv, 1 attproj, 2 fc, 3 fcproj): out (N x M) = inp (N x K) · wᵀ + b.
 // The precision switch of the model is here: in INT4 mode a quantized layer (HQ-MM), else cuBLASLt.
 template <typename T> bool linear_is_quantized(GPT<T>* model, int layer) {
@@ -383,16 +397,7 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
     nvtxRangePop();
     for (int l = 0; l < L; l++) {
         nvtxRangePush("block_forward");
-        T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
-        T* ln1 = a.ln1 + (size_t)l * N * C;
-        T* qkv = a.qkv + (size_t)l * N * 3 * C;
-        T* atty = a.atty + (size_t)l * N * C;
-        T* att = a.att + (size_t)l * NH * N * T_;
-        T* residual2 = a.residual2 + (size_t)l * N * C;
-        T* ln2 = a.ln2 + (size_t)l * N * C;
-        T* fch = a.fch + (size_t)l * N * 4 * C;
-        T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
-        T* residual3 = a.residual3 + (size_t)l * N * C;
+        auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
         layernorm_forward(ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, residual, p.ln1w + l * C, p.ln1b + l * C, N, C, s);
         linear_forward(model, l, 0, qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, C, 3 * C);
         attention_forward(atty, att, qkv, (const int*)nullptr, B, T_, C, NH, a.attention, s);
@@ -441,15 +446,8 @@ template <typename T> void gpt_backward(GPT<T>* model) {
     nvtxRangePop();
     for (int l = L - 1; l >= 0; l--) {
         nvtxRangePush("block_backward");
-        T* residual = l == 0 ? a.encoded : a.residual3 + (size_t)(l - 1) * N * C;
-        T* ln1 = a.ln1 + (size_t)l * N * C;
-        T* qkv = a.qkv + (size_t)l * N * 3 * C;
-        T* atty = a.atty + (size_t)l * N * C;
-        T* att = a.att + (size_t)l * NH * N * T_;
-        T* residual2 = a.residual2 + (size_t)l * N * C;
-        T* ln2 = a.ln2 + (size_t)l * N * C;
-        T* fch = a.fch + (size_t)l * N * 4 * C;
-        T* fch_gelu = a.fch_gelu + (size_t)l * N * 4 * C;
+        auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
+        (void)residual3;  // the backward starts from the residual-stream gradient instead
         const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
         if (model->dropout > 0.0f) { gpt_dropout(model, a.btc, a.dresidual, l, 3); dbranch = a.btc; }
         linear_backward(model, l, 3, a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, dbranch, fch_gelu,

@@ -7,14 +7,20 @@
 #include "matmul.h"
 #include "mlm.h"
 
+// element i of a (B, NH, T, hs) tensor: its offset in (B, T, NH*hs) with `parts` tensors interleaved per
+// token (parts = 3 for the qkv layout (B, T, 3, NH, hs), 1 for (B, T, C))
+__device__ __forceinline__ long heads_to_tokens_index(long i, int T_, int NH, int hs, int parts) {
+    int d = i % hs, t = (i / hs) % T_, h = (i / ((long)hs * T_)) % NH;
+    long b = i / ((long)hs * T_ * NH);
+    return ((b * T_ + t) * parts * NH + h) * hs + d;
+}
+
 // qkv (B, T, 3, NH, hs) -> q, k, v each (B, NH, T, hs); one thread per element of q
 template <typename T>
 __global__ void permute_qkv_kernel(T* q, T* k, T* v, const T* qkv, int B, int T_, int NH, int hs) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)B * NH * T_ * hs) return;
-    int d = i % hs, t = (i / hs) % T_, h = (i / ((long)hs * T_)) % NH;
-    long b = i / ((long)hs * T_ * NH);
-    long src = ((b * T_ + t) * 3 * NH + h) * hs + d;
+    long src = heads_to_tokens_index(i, T_, NH, hs, 3);
     q[i] = qkv[src];
     k[i] = qkv[src + (long)NH * hs];
     v[i] = qkv[src + 2L * NH * hs];
@@ -25,9 +31,7 @@ template <typename T>
 __global__ void permute_qkv_backward_kernel(T* dqkv, const T* dq, const T* dk, const T* dv, int B, int T_, int NH, int hs) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)B * NH * T_ * hs) return;
-    int d = i % hs, t = (i / hs) % T_, h = (i / ((long)hs * T_)) % NH;
-    long b = i / ((long)hs * T_ * NH);
-    long dst = ((b * T_ + t) * 3 * NH + h) * hs + d;
+    long dst = heads_to_tokens_index(i, T_, NH, hs, 3);
     dqkv[dst] = dq[i];
     dqkv[dst + (long)NH * hs] = dk[i];
     dqkv[dst + 2L * NH * hs] = dv[i];
@@ -38,9 +42,7 @@ template <typename T>
 __global__ void permute_heads_kernel(T* out, const T* inp, int B, int T_, int NH, int hs, bool to_heads) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)B * NH * T_ * hs) return;
-    int d = i % hs, t = (i / hs) % T_, h = (i / ((long)hs * T_)) % NH;
-    long b = i / ((long)hs * T_ * NH);
-    long flat = (b * T_ + t) * NH * hs + (long)h * hs + d;
+    long flat = heads_to_tokens_index(i, T_, NH, hs, 1);
     if (to_heads) out[i] = inp[flat]; else out[flat] = inp[i];
 }
 

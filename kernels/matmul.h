@@ -30,6 +30,31 @@ inline void matmul_teardown() {
     cublasCheck(cublasLtDestroy(cublaslt_handle));
 }
 
+// runs D = alpha·op(A)·op(B) + beta·D with the heuristic's first algorithm, then destroys desc and layouts
+inline void cublaslt_run(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layout_a, cublasLtMatrixLayout_t layout_b,
+                         cublasLtMatrixLayout_t layout_d, const void* alpha, const void* a, const void* b,
+                         const void* beta, void* d, cudaStream_t stream) {
+    cublasLtMatmulPreference_t preference;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &CUBLASLT_WORKSPACE_SIZE, sizeof CUBLASLT_WORKSPACE_SIZE));
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, desc, layout_a, layout_b, layout_d, layout_d,
+                                               preference, 1, &heuristic, &found));
+    if (found == 0) {
+        fprintf(stderr, "cuBLASLt: no algorithm for this shape and type (integer products need dimensions that are multiples of 4)\n");
+        exit(EXIT_FAILURE);
+    }
+    cublasCheck(cublasLtMatmul(cublaslt_handle, desc, alpha, a, layout_a, b, layout_b, beta, d, layout_d, d, layout_d,
+                               &heuristic.algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, stream));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
+    cublasCheck(cublasLtMatrixLayoutDestroy(layout_a));
+    cublasCheck(cublasLtMatrixLayoutDestroy(layout_b));
+    cublasCheck(cublasLtMatrixLayoutDestroy(layout_d));
+    cublasCheck(cublasLtMatmulDescDestroy(desc));
+}
+
 template <typename T> constexpr cudaDataType_t cuda_type() {
     return std::is_same<T, float>::value ? CUDA_R_32F : CUDA_R_16BF;
 }
@@ -66,25 +91,7 @@ void matmul_lt(TOut* d, const TIn* a, const TIn* b, const TOut* bias, int m, int
                                                          &strides[i], sizeof strides[i]));
         }
     }
-    cublasLtMatmulPreference_t preference;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                     &CUBLASLT_WORKSPACE_SIZE, sizeof CUBLASLT_WORKSPACE_SIZE));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, desc, layout_a, layout_b, layout_d, layout_d,
-                                               preference, 1, &heuristic, &found));
-    if (found == 0) {
-        fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d\n", m, n, k, batch);
-        exit(EXIT_FAILURE);
-    }
-    cublasCheck(cublasLtMatmul(cublaslt_handle, desc, &alpha, a, layout_a, b, layout_b, &beta, d, layout_d, d,
-                               layout_d, &heuristic.algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, stream));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_a));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_b));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_d));
-    cublasCheck(cublasLtMatmulDescDestroy(desc));
+    cublaslt_run(desc, layout_a, layout_b, layout_d, &alpha, a, b, &beta, d, stream);
 }
 
 // out (N x M) = inp (N x K) · weight (M x K)ᵀ + bias (M). Column-major: outᵀ = W(ᵀ as stored) · inpᵀ.

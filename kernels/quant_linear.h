@@ -25,26 +25,8 @@ inline void int8_matmul_tn(int32_t* c, const int8_t* a, const int8_t* b, int m, 
     cublasCheck(cublasLtMatrixLayoutCreate(&layout_a, CUDA_R_8I, k, m, k));
     cublasCheck(cublasLtMatrixLayoutCreate(&layout_b, CUDA_R_8I, k, n, k));
     cublasCheck(cublasLtMatrixLayoutCreate(&layout_c, CUDA_R_32I, m, n, m));
-    cublasLtMatmulPreference_t preference;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                     &CUBLASLT_WORKSPACE_SIZE, sizeof CUBLASLT_WORKSPACE_SIZE));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, desc, layout_a, layout_b, layout_c, layout_c,
-                                               preference, 1, &heuristic, &found));
-    if (found == 0) {
-        fprintf(stderr, "cuBLASLt: no INT8 algorithm for m=%d n=%d k=%d (dimensions must be multiples of 4)\n", m, n, k);
-        exit(EXIT_FAILURE);
-    }
     int32_t alpha = 1, beta = 0;
-    cublasCheck(cublasLtMatmul(cublaslt_handle, desc, &alpha, a, layout_a, b, layout_b, &beta, c, layout_c, c,
-                               layout_c, &heuristic.algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, stream));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_a));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_b));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_c));
-    cublasCheck(cublasLtMatmulDescDestroy(desc));
+    cublaslt_run(desc, layout_a, layout_b, layout_c, &alpha, a, b, &beta, c, stream);
 }
 
 // codes = q(v·H) for a (rows x K) tensor at step |*step|, optionally also the transpose (K x rows);
