@@ -464,6 +464,7 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
             loss = gpt_mean_loss(&model);
             gpt_backward(&model);
         }
+        gpt_grad_norm(&model);
         gpt_update(&model, opt, opt.learning_rate, step + 1);
         step_diff = fmaxf(step_diff, fabsf(loss - losses_ref->as<float>()[step]));
         char buf[32];
@@ -497,6 +498,7 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
             gpt_loss(model, 1.0f / (B * T_));
             losses->push_back(gpt_mean_loss(model));
             gpt_backward(model);
+            gpt_grad_norm(model);
             gpt_update(model, opt, learning_rate_at(step, 2, 2 * n, 1e-3f, 0.1f), step + 1);
         }
     };
@@ -593,7 +595,7 @@ int main(int argc, char** argv) {
         test_resume_determinism<__nv_bfloat16>(dump, "bf16");
         matmul_teardown();
     } else if (dump.header[2] == 0) {
-        skip("fp32 and bf16 model vs dump, save/resume", "no CUDA device");
+        skip("fp32, bf16 and int4 model vs dump, save/resume", "no CUDA device");
     }
     if (dump.header[2] == 1) {
         test_mlm_masking(dump, have_gpu);

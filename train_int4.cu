@@ -10,6 +10,7 @@ checkpoints -> sampling -> main. Kernels live in kernels/, one header per concer
 template parameter (float or __nv_bfloat16) chosen once in main from -p.
 */
 #include <ctype.h>
+#include <signal.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -486,11 +487,20 @@ template <typename T> void gpt_zero_grad(GPT<T>* model) {
                               model->stream));
 }
 
-// t: the step number starting at 1 (bias correction); returns nothing and does not synchronise
-template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt, float lr, int t) {
-    nvtxRangePush("adamw");
+// the global gradient norm (FP32 gradients and LSQ step gradients), left on the device for the update's
+// clipping and returned to the host (synchronises: the caller decides whether the step is safe to apply)
+template <typename T> float gpt_grad_norm(GPT<T>* model) {
     global_norm(model->norm, model->grads_memory, (long)(model->num_parameters + model->num_steps), model->acts.reduce,
                 model->stream);
+    float norm;
+    cudaCheck(cudaMemcpyAsync(&norm, model->norm, sizeof norm, cudaMemcpyDeviceToHost, model->stream));
+    cudaCheck(cudaStreamSynchronize(model->stream));
+    return norm;
+}
+
+// AdamW with the clipping factor from gpt_grad_norm; t: the step number starting at 1 (bias correction)
+template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt, float lr, int t) {
+    nvtxRangePush("adamw");
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = model->parameter_sizes[i];
@@ -748,6 +758,7 @@ struct TrainArgs {
     int warmup = 100, max_steps = 1500;
     int val_every = 250, val_steps = 20, sample_every = 500, sample_length = 256;
     int checkpoint_every = 0, resume = 0;
+    int max_bad_steps = 5;             // consecutive non-finite steps before stopping
     int vocab = 256;
     uint32_t seed = 1337;
     Precision precision = PRECISION_BF16;
@@ -776,6 +787,7 @@ static void print_usage(void) {
            "  -g <int>    sample length (tokens)             default 256\n"
            "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
+           "  -K <int>    stop after K steps in a row with a NaN/Inf loss or gradient norm (skipped)   default 5\n"
            "  -p <mode>   precision: fp32 | bf16 | int4      default bf16\n"
            "  -q <int>    INT4: Hadamard block size 16 | 32 | 64 | 128        default 32\n"
            "  -r <float>  INT4: LSS keep ratio in (0, 1] (1 = exact bit split)  default 0.5\n"
@@ -855,6 +867,7 @@ static TrainArgs parse_args(int argc, char** argv) {
             case 'g': need_int(1, 1 << 16); a.sample_length = (int)n; break;
             case 'n': need_int(0, 1 << 30); a.checkpoint_every = (int)n; break;
             case 'y': need_int(0, 1); a.resume = (int)n; break;
+            case 'K': need_int(1, 1 << 30); a.max_bad_steps = (int)n; break;
             case 'V': need_int(2, 1 << 22); a.vocab = (int)n; break;
             case 'z': need_int(0, 0xffffffffL); a.seed = (uint32_t)n; break;
             case 'q':
@@ -908,6 +921,23 @@ static bool parse_model_descriptor(const char* s, GPTConfig* cfg, int vocab, int
 
 // ----------------------------------------------------------------------------------------------------------
 // training
+
+// SIGINT / SIGTERM: finish the step in flight, write a checkpoint (with -o), exit 0
+static volatile sig_atomic_t stop_requested = 0;
+static void request_stop(int) { stop_requested = 1; }
+
+// fault injection for the tests: TRAIN_INT4_FAULT_NAN_STEPS="3,4" poisons those steps' gradients with a NaN
+static bool fault_nan_at(int step) {
+    const char* steps = getenv("TRAIN_INT4_FAULT_NAN_STEPS");
+    for (const char* c = steps; c && *c;) {
+        char* end;
+        long v = strtol(c, &end, 10);
+        if (end == c) break;
+        if (v == step) return true;
+        c = *end ? end + 1 : end;
+    }
+    return false;
+}
 
 static double seconds_now(void) {
     struct timespec ts;
@@ -1031,6 +1061,9 @@ template <typename T> int train(const TrainArgs& args) {
 
     double loop_start = seconds_now();
     int first_step = state.step;
+    int skipped = 0, skipped_before_streak = 0;
+    signal(SIGINT, request_stop);
+    signal(SIGTERM, request_stop);
     for (int step = state.step; step <= args.max_steps; step++) {
         bool last = step == args.max_steps;
         if (have_val && (step % args.val_every == 0 || last)) {
@@ -1068,10 +1101,25 @@ template <typename T> int train(const TrainArgs& args) {
             loss += gpt_mean_loss(&model) / grad_accum;
             gpt_backward(&model);
         }
+        if (fault_nan_at(step + 1)) {
+            float nan = NAN;
+            cudaCheck(cudaMemcpy(model.grads_memory, &nan, sizeof nan, cudaMemcpyHostToDevice));
+        }
         float lr = learning_rate_at(step, args.warmup, args.max_steps, args.learning_rate, args.final_lr_fraction);
+        float norm = gpt_grad_norm(&model);
+        if (!isfinite(norm) || !isfinite(loss)) {  // never apply a NaN/Inf update: skip it and count
+            skipped++;
+            printf("step %5d/%d | loss %f | norm %f | update skipped (%d in a row, %d in all)\n", step + 1,
+                   args.max_steps, loss, norm, skipped - skipped_before_streak, skipped);
+            if (skipped - skipped_before_streak >= args.max_bad_steps) {
+                fprintf(stderr, "error: %d steps in a row had a non-finite loss or gradient norm; stopping. The weights "
+                        "were never updated with them: the last checkpoint in -o (if any) is good\n", args.max_bad_steps);
+                return EXIT_FAILURE;
+            }
+            continue;
+        }
+        skipped_before_streak = skipped;
         gpt_update(&model, opt, lr, step + 1);
-        float norm;
-        cudaCheck(cudaMemcpyAsync(&norm, model.norm, sizeof norm, cudaMemcpyDeviceToHost, model.stream));
         cudaCheck(cudaStreamSynchronize(model.stream));
         double dt = seconds_now() - t0;
         double tokens_per_second = args.total_batch / dt;
@@ -1081,6 +1129,20 @@ template <typename T> int train(const TrainArgs& args) {
                step + 1, args.max_steps, loss, norm, lr, dt * 1e3, tokens_per_second,
                100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
         if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
+        if (stop_requested) {
+            printf("stop requested (signal): ");
+            if (!out_dir.empty()) {
+                state.step = step + 1;
+                state.shard = train_loader.shard;
+                state.position = train_loader.position;
+                bool saved = save_checkpoint(&model, out_dir, state);
+                printf("%s at step %d in %s\n", saved ? "checkpoint written" : "checkpoint FAILED", step + 1, out_dir.c_str());
+                if (!saved) return EXIT_FAILURE;
+            } else {
+                printf("no -o, nothing saved\n");
+            }
+            break;
+        }
     }
     size_t free_now, total_now;
     cudaCheck(cudaMemGetInfo(&free_now, &total_now));
