@@ -479,6 +479,8 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
 // train 2n steps straight == train n, checkpoint, rebuild from scratch, resume, train n: identical losses
 // (with random data windows and dropout, as the trainer runs)
 template <typename T> static void test_resume_determinism(const ReferenceDump& dump, const char* mode_name) {
+    const bool int4 = !strcmp(mode_name, "int4");  // bf16 activations with the quantized layers, as -p int4
+    QuantConfig quant = {int4, dump.header[12], dump.header_float(13), {}};
     GPTConfig cfg = dump_config(dump);
     const int B = dump.header[9], T_ = dump.header[10], n = 3;
     std::vector<float> master = dump_parameters(dump, cfg);
@@ -506,17 +508,17 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
     DataLoader loader;
     if (!dataloader_init(&loader, "data/tinyshakespeare_train.bin", B, T_, cfg.vocab_size, true, 1337)) { check(false, name, "no data (make data)"); return; }
     GPT<T> model;
-    gpt_build(&model, cfg, master.data(), B, T_);
+    gpt_build(&model, cfg, master.data(), B, T_, quant);
     run(&model, &loader, 0, 2 * n, &straight);
     gpt_free(&model);
     dataloader_seek(&loader, 0, 0);
-    gpt_build(&model, cfg, master.data(), B, T_);
+    gpt_build(&model, cfg, master.data(), B, T_, quant);
     run(&model, &loader, 0, n, &resumed);
-    TrainState st = {n, loader.shard, loader.position, 1337, std::is_same<T, float>::value ? PRECISION_FP32 : PRECISION_BF16};
+    TrainState st = {n, loader.shard, loader.position, 1337, model_precision(&model)};
     bool saved = save_checkpoint(&model, dir, st);
     gpt_free(&model);
     std::vector<float> zeros(master.size(), 0.0f);  // the resumed model must get everything from the files
-    gpt_build(&model, cfg, zeros.data(), B, T_);
+    gpt_build(&model, cfg, zeros.data(), B, T_, quant);
     TrainState loaded;
     DataLoader fresh;
     dataloader_init(&fresh, "data/tinyshakespeare_train.bin", B, T_, cfg.vocab_size, true, 1337);
@@ -593,6 +595,7 @@ int main(int argc, char** argv) {
         test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-2f);
         test_resume_determinism<float>(dump, "fp32");
         test_resume_determinism<__nv_bfloat16>(dump, "bf16");
+        test_resume_determinism<__nv_bfloat16>(dump, "int4");
         matmul_teardown();
     } else if (dump.header[2] == 0) {
         skip("fp32, bf16 and int4 model vs dump, save/resume", "no CUDA device");

@@ -166,6 +166,7 @@ template <typename T> struct GPT {
     float* lsq_grads;                 // grads_memory + num_parameters
     bool steps_initialised;
     QuantScratch quant;
+    std::vector<float> kept_fraction, variance_proxy;  // per quantized linear (layer*4 + which), last backward
     double* qstats_scratch;
     float dropout;                    // residual-branch dropout of the last forward (0 in evaluation)
     uint32_t seed, micro_step;        // dropout masks: streams (micro_step, layer*4 + branch, RNG_USE_DATA)
@@ -297,6 +298,8 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     cudaCheck(cudaMalloc(&model->norm, sizeof(float)));
     cudaCheck(cudaMalloc(&model->qstats_scratch, 4 * sizeof(double)));
     if (model->int4) quant_scratch_alloc(&model->quant, BT, 4 * cfg.channels);
+    model->kept_fraction.assign(cfg.num_layers * 4, 0.0f);
+    model->variance_proxy.assign(cfg.num_layers * 4, 0.0f);
 }
 
 template <typename T> void gpt_free(GPT<T>* model) {
@@ -375,6 +378,49 @@ void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, fl
                           M, model->hadamard_block, model->lsq_steps + offset, model->lsq_steps + offset + 1,
                           model->keep_ratio, model->seed, model->micro_step, (uint32_t)(layer * 4 + which),
                           model->quant, model->acts.reduce, model->stream);
+    model->kept_fraction[layer * 4 + which] = model->quant.last_kept_fraction;
+    model->variance_proxy[layer * 4 + which] = model->quant.last_variance_proxy;
+}
+
+// -qstats telemetry, per quantized linear, from the last micro-batch's activations and the current weights:
+// relative quantization error ‖Q(vH)Hᵀ − v‖/‖v‖ at the learned step, the same without the Hadamard transform
+// (at an LSQ initial step), the outlier ratio max|ṽ|/|s|, the steps, and the last backward's LSS kept
+// fraction and variance proxy. One line per linear to `out` (qstats.log); synchronises (every N steps only).
+template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
+    const int N = model->B * model->T_, C = model->config.channels, g = model->hadamard_block;
+    static const char* names[4] = {"qkv", "attproj", "fc", "fcproj"};
+    std::vector<float> steps(model->num_steps);
+    cudaCheck(cudaMemcpy(steps.data(), model->lsq_steps, steps.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    double mean_x_had = 0.0, mean_x_plain = 0.0;
+    int count = 0;
+    for (int l = 0; l < model->config.num_layers; l++) {
+        if (!linear_is_quantized(model, l)) continue;
+        LayerActivations<T> la = layer_activations(model, l);
+        ParameterTensors<T>& p = model->params;
+        const T* inputs[4] = {la.ln1, la.atty, la.ln2, la.fch_gelu};
+        const T* weights[4] = {p.qkvw + (size_t)l * 3 * C * C, p.attprojw + (size_t)l * C * C,
+                               p.fcw + (size_t)l * 4 * C * C, p.fcprojw + (size_t)l * C * 4 * C};
+        int Ks[4] = {C, C, C, 4 * C}, Ms[4] = {3 * C, C, 4 * C, C};
+        for (int w = 0; w < 4; w++) {
+            float sx = fabsf(steps[l * 8 + w * 2]), sw = fabsf(steps[l * 8 + w * 2 + 1]);
+            QuantError xh = quant_error(inputs[w], N, Ks[w], g, sx, model->qstats_scratch, model->stream);
+            QuantError xp = quant_error(inputs[w], N, Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
+            QuantError wh = quant_error(weights[w], Ms[w], Ks[w], g, sw, model->qstats_scratch, model->stream);
+            QuantError wp = quant_error(weights[w], Ms[w], Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
+            fprintf(out, "s:%d l:%d lin:%s xerr:%.5f xerr_plain:%.5f werr:%.5f werr_plain:%.5f xout:%.3f wout:%.3f "
+                    "sx:%.5g sw:%.5g kept:%.4f varproxy:%.4g\n", step, l, names[w], xh.relative_error, xp.relative_error,
+                    wh.relative_error, wp.relative_error, xh.outlier_ratio, wh.outlier_ratio, sx, sw,
+                    model->kept_fraction[l * 4 + w], model->variance_proxy[l * 4 + w]);
+            mean_x_had += xh.relative_error;
+            mean_x_plain += xp.relative_error;
+            count++;
+        }
+    }
+    fflush(out);
+    if (count > 0) {
+        printf("qstats step %d: mean activation quantization error %.4f with Hadamard, %.4f without\n", step,
+               mean_x_had / count, mean_x_plain / count);
+    }
 }
 
 // dropout of a residual branch's output (branch 1: attention projection, 3: MLP projection); forward and
@@ -759,6 +805,7 @@ struct TrainArgs {
     int val_every = 250, val_steps = 20, sample_every = 500, sample_length = 256;
     int checkpoint_every = 0, resume = 0;
     int max_bad_steps = 5;             // consecutive non-finite steps before stopping
+    int qstats_every = 0;              // INT4 telemetry every N steps (0 = off)
     int vocab = 256;
     uint32_t seed = 1337;
     Precision precision = PRECISION_BF16;
@@ -792,6 +839,7 @@ static void print_usage(void) {
            "  -q <int>    INT4: Hadamard block size 16 | 32 | 64 | 128        default 32\n"
            "  -r <float>  INT4: LSS keep ratio in (0, 1] (1 = exact bit split)  default 0.5\n"
            "  -k <list>   INT4: layers kept in BF16, e.g. 0,5 (first and last of d6)   default none\n"
+           "  -Q <int>    INT4: quantization telemetry every N steps to qstats.log in -o (also -qstats N)   default 0\n"
            "  -V <int>    vocabulary size of the shards (256 bytes, 50257 GPT-2)   default 256\n"
            "  -z <int>    seed (init, sampling)              default 1337\n"
            "  -h          this help\n");
@@ -826,7 +874,7 @@ static void die(const char* format, const char* a, const char* b = "") {
 static TrainArgs parse_args(int argc, char** argv) {
     TrainArgs a;
     for (int i = 1; i < argc; i++) {
-        const char* flag = argv[i];
+        const char* flag = !strcmp(argv[i], "-qstats") ? "-Q" : argv[i];
         if (!strcmp(flag, "-h")) { print_usage(); exit(EXIT_SUCCESS); }
         if (flag[0] != '-' || strlen(flag) != 2) die("unknown argument '%s'", flag);
         if (i + 1 >= argc) die("flag %s needs a value", flag);
@@ -868,6 +916,7 @@ static TrainArgs parse_args(int argc, char** argv) {
             case 'n': need_int(0, 1 << 30); a.checkpoint_every = (int)n; break;
             case 'y': need_int(0, 1); a.resume = (int)n; break;
             case 'K': need_int(1, 1 << 30); a.max_bad_steps = (int)n; break;
+            case 'Q': need_int(0, 1 << 30); a.qstats_every = (int)n; break;
             case 'V': need_int(2, 1 << 22); a.vocab = (int)n; break;
             case 'z': need_int(0, 0xffffffffL); a.seed = (uint32_t)n; break;
             case 'q':
@@ -898,6 +947,7 @@ static TrainArgs parse_args(int argc, char** argv) {
         die("-d %s is not a positive multiple of B*T", buf);
     }
     if (a.resume && !a.output_dir) die("-y 1 needs -o (the folder with the state files)%s", "");
+    if (a.qstats_every > 0 && (a.precision != PRECISION_INT4 || !a.output_dir)) die("-qstats needs -p int4 and -o%s", "");
     return a;
 }
 
@@ -1002,6 +1052,11 @@ template <typename T> int train(const TrainArgs& args) {
             return EXIT_FAILURE;
         }
     }
+    FILE* qstats_log = nullptr;
+    if (args.qstats_every > 0) {
+        qstats_log = fopen((out_dir + "/qstats.log").c_str(), args.resume ? "a" : "w");
+        if (!qstats_log) { fprintf(stderr, "error: cannot write %s/qstats.log\n", out_dir.c_str()); return EXIT_FAILURE; }
+    }
     // the GPU, and enough memory for this model and batch
     int device_count = 0;
     if (cudaGetDeviceCount(&device_count) != cudaSuccess || device_count == 0) {
@@ -1101,6 +1156,7 @@ template <typename T> int train(const TrainArgs& args) {
             loss += gpt_mean_loss(&model) / grad_accum;
             gpt_backward(&model);
         }
+        if (qstats_log && step % args.qstats_every == 0) gpt_qstats(&model, step, qstats_log);
         if (fault_nan_at(step + 1)) {
             float nan = NAN;
             cudaCheck(cudaMemcpy(model.grads_memory, &nan, sizeof nan, cudaMemcpyHostToDevice));
@@ -1148,6 +1204,7 @@ template <typename T> int train(const TrainArgs& args) {
     cudaCheck(cudaMemGetInfo(&free_now, &total_now));
     printf("GPU memory in use: %.2f GiB\n", (total_now - free_now) / 1073741824.0);
     if (log) fclose(log);
+    if (qstats_log) fclose(qstats_log);
     gpt_free(&model);
     matmul_teardown();
     return EXIT_SUCCESS;

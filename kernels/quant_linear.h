@@ -205,6 +205,9 @@ struct QuantScratch {
     std::vector<uint8_t> host_keep;
     std::vector<int> host_kept_rows;
     std::vector<float> host_kept_probs;
+    // of the last backward, for telemetry: kept fraction of the token rows, and the LSS variance proxy
+    // Σ(1/p − 1)·score² / (Σ score)² (the estimator's extra variance relative to the squared total score)
+    float last_kept_fraction, last_variance_proxy;
 };
 
 #define QUANT_THREADS 128
@@ -294,6 +297,13 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
         if (s.host_keep[i]) { s.host_kept_rows.push_back(i); s.host_kept_probs.push_back(s.host_probs[i]); }
     }
     int n_kept = (int)s.host_kept_rows.size();
+    double extra = 0.0, total = 0.0;
+    for (int i = 0; i < N; i++) {
+        total += s.host_scores[i];
+        if (s.host_probs[i] > 0.0f) extra += (1.0 / s.host_probs[i] - 1.0) * s.host_scores[i] * s.host_scores[i];
+    }
+    s.last_kept_fraction = (float)n_kept / N;
+    s.last_variance_proxy = total > 0.0 ? (float)(extra / (total * total)) : 0.0f;
     int n_padded = CEIL_DIV(std::max(n_kept, 1), 16) * 16;  // the GEMM's reduction length, zero-padded
     if (n_kept > 0) {
         cudaCheck(cudaMemcpyAsync(s.kept_rows, s.host_kept_rows.data(), n_kept * sizeof(int), cudaMemcpyHostToDevice, stream));
