@@ -51,6 +51,7 @@ expect_error "flag BF16 layer list" "-k 0,7: expected comma-separated layer indi
 expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" ./train_int4 -d 100
 expect_error "flag heads not dividing width" "NH dividing C" ./train_int4 -e 2:64:5
 expect_error "flag bad model descriptor" "use d1..d12" ./train_int4 -e d13
+expect_error "flag qstats without int4" "-qstats needs -p int4 and -o" ./train_int4 -qstats 10
 expect_error "flag resume without -o" "-y 1 needs -o" ./train_int4 -y 1
 
 # token shards: missing, empty, short header, wrong magic, wrong version, truncated, token >= vocab, too few tokens
