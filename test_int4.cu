@@ -535,6 +535,45 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
 }
 
 // ----------------------------------------------------------------------------------------------------------
+// host pieces of the trainer: learning-rate schedule, encoder-backward buckets, training data windows
+
+static void test_trainer_host_pieces() {
+    // warmup 10 to lr 1.0, cosine to 0.1 at step 100
+    float first = learning_rate_at(0, 10, 100, 1.0f, 0.1f), peak = learning_rate_at(9, 10, 100, 1.0f, 0.1f);
+    float mid = learning_rate_at(55, 10, 100, 1.0f, 0.1f), end = learning_rate_at(100, 10, 100, 1.0f, 0.1f);
+    check(fabsf(first - 0.1f) < 1e-6f && fabsf(peak - 1.0f) < 1e-6f && fabsf(mid - 0.55f) < 1e-5f && fabsf(end - 0.1f) < 1e-6f,
+          "learning-rate schedule", "step 0 %.3f, end of warmup %.3f, halfway %.4f (0.55), end %.3f (0.1)", first, peak, mid, end);
+    // buckets: every position exactly once, under its own token, in increasing order within a bucket
+    int tokens[12] = {5, 3, 5, 0, 3, 5, 7, 7, 0, 5, 1, 3};
+    TokenBuckets b;
+    token_buckets_build(&b, tokens, 12, 8);
+    bool ok = b.count() == 5 && b.bucket_start.back() == 12;
+    std::vector<int> seen(12, 0);
+    for (int k = 0; ok && k < b.count(); k++) {
+        for (int p = b.bucket_start[k]; p < b.bucket_start[k + 1]; p++) {
+            ok = ok && tokens[b.positions[p]] == b.bucket_token[k] && (p == b.bucket_start[k] || b.positions[p] > b.positions[p - 1]);
+            seen[b.positions[p]]++;
+        }
+    }
+    for (int v : seen) ok = ok && v == 1;
+    check(ok, "encoder-backward token buckets", "%d buckets cover 12 positions once each, in order", b.count());
+    // random windows: a function of (seed, batch number), inside the shard, targets = inputs shifted by one
+    DataLoader a1, a2;
+    ok = dataloader_init(&a1, "data/tinyshakespeare_train.bin", 4, 64, 256, true, 7) &&
+         dataloader_init(&a2, "data/tinyshakespeare_train.bin", 4, 64, 256, true, 7);
+    if (!ok) { check(false, "training data windows", "data/tinyshakespeare_train.bin missing (make data)"); return; }
+    dataloader_next_batch(&a1, 42);
+    dataloader_next_batch(&a2, 42);
+    bool same = a1.inputs == a2.inputs && a1.targets == a2.targets;
+    std::vector<int> first_inputs = a1.inputs;
+    dataloader_next_batch(&a1, 43);
+    bool differs = a1.inputs != first_inputs;
+    bool shifted = true;
+    for (int t = 0; t + 1 < 64; t++) shifted = shifted && a2.targets[t] == a2.inputs[t + 1];
+    check(same && differs && shifted, "training data windows", "same batch number -> same windows, next -> new ones, targets shifted by one");
+}
+
+// ----------------------------------------------------------------------------------------------------------
 // file loaders (host): the classification task format
 
 static bool load_classification_text(const char* text, const std::vector<std::string>* known, ClassificationSet* set) {
@@ -587,6 +626,7 @@ int main(int argc, char** argv) {
     test_rng_device(dump, have_gpu);
     test_layer0_quantizers_host(dump);
     test_layer0_linear_host(dump);
+    if (dump.header[2] == 0) test_trainer_host_pieces();
     test_quant_error_device(have_gpu);
     if (dump.header[2] == 0 && have_gpu) {
         matmul_setup();
