@@ -217,9 +217,10 @@ static void test_layer0_quantizers_host(const ReferenceDump& dump) {
           dw_scale, dw_scale_ref->as<float>()[0]);
 }
 
-// BERT dumps: the MLM corruption of the dump's batch (micro-step 0) recomputed on the host and the device
-static void test_mlm_masking(const ReferenceDump& dump, bool have_gpu) {
-    const int n = dump.header[9] * dump.header[10];
+// BERT dumps: the MLM corruption of the dump's batch (micro-step 0) recomputed on the host, per token and
+// through mlm_batch (the trainer's batch builder) on the dump's full rows (b % 3 == 0: [CLS] + T-2 bytes + [SEP])
+static void test_mlm_masking(const ReferenceDump& dump) {
+    const int B = dump.header[9], T = dump.header[10], n = B * T;
     const DumpRecord* tokens = dump_require(dump, "tokens", DUMP_I32, (size_t)n);
     const DumpRecord* inputs = dump_require(dump, "inputs", DUMP_I32, (size_t)n);
     const DumpRecord* targets = dump_require(dump, "targets", DUMP_I32, (size_t)n);
@@ -230,19 +231,14 @@ static void test_mlm_masking(const ReferenceDump& dump, bool have_gpu) {
     size_t bad = count_mismatches(in.data(), inputs->as<int>(), n) + count_mismatches(tg.data(), targets->as<int>(), n);
     int predicted = (int)std::count_if(tg.begin(), tg.end(), [](int t) { return t >= 0; });
     check(bad == 0, "mlm masking host == pytorch", "%zu of %d differ, %d positions predicted", bad, 2 * n, predicted);
-    if (!have_gpu) { skip("mlm masking device == pytorch", "no CUDA device"); return; }
-    int *d_tokens, *d_targets;
-    cudaCheck(cudaMalloc(&d_tokens, n * sizeof(int)));
-    cudaCheck(cudaMalloc(&d_targets, n * sizeof(int)));
-    cudaCheck(cudaMemcpy(d_tokens, tokens->as<int>(), n * sizeof(int), cudaMemcpyHostToDevice));
-    mlm_corrupt_kernel<<<CEIL_DIV(n, 256), 256>>>(d_tokens, d_targets, n, key);
-    cudaCheck(cudaGetLastError());
-    cudaCheck(cudaMemcpy(in.data(), d_tokens, n * sizeof(int), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(tg.data(), d_targets, n * sizeof(int), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaFree(d_tokens));
-    cudaCheck(cudaFree(d_targets));
-    bad = count_mismatches(in.data(), inputs->as<int>(), n) + count_mismatches(tg.data(), targets->as<int>(), n);
-    check(bad == 0, "mlm masking device == pytorch", "%zu of %d differ", bad, 2 * n);
+    mlm_batch(tokens->as<int>() + 1, T, B, T, key, in.data(), tg.data());
+    bad = 0;
+    int rows = 0;
+    for (int b = 0; b < B; b += 3, rows++) {
+        bad += count_mismatches(in.data() + b * T, inputs->as<int>() + b * T, T) +
+               count_mismatches(tg.data() + b * T, targets->as<int>() + b * T, T);
+    }
+    check(bad == 0 && rows > 0, "mlm_batch rows == pytorch", "%zu of %d values differ over %d full rows", bad, 2 * rows * T, rows);
 }
 
 // the whole quantized layer 0 (QKV) on the host: forward output and every gradient of its backward
@@ -344,8 +340,11 @@ static void test_quant_error_device(bool have_gpu) {
 // ----------------------------------------------------------------------------------------------------------
 // the CUDA model against the reference dump (GPT dumps): logits, loss, every gradient, 10 AdamW steps
 
-static GPTConfig dump_config(const ReferenceDump& dump) {
-    return {dump.header[5], dump.header[3], dump.header[4], dump.header[6], dump.header[7], dump.header[8]};
+// the model of a dump; classifier: BERT's with the classes of param/clsw (the dump's cls_* records)
+static GPTConfig dump_config(const ReferenceDump& dump, bool classifier = false) {
+    const DumpRecord* clsw = classifier ? dump.find("param/clsw") : nullptr;
+    return {dump.header[5], dump.header[3], dump.header[4], dump.header[6], dump.header[7], dump.header[8],
+            dump.header[2], clsw && !clsw->dims.empty() ? clsw->dims[0] : 0};
 }
 
 static std::vector<float> dump_parameters(const ReferenceDump& dump, const GPTConfig& cfg) {
@@ -353,6 +352,7 @@ static std::vector<float> dump_parameters(const ReferenceDump& dump, const GPTCo
     fill_parameter_sizes(sizes, cfg);
     std::vector<float> all;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (sizes[i] == 0) continue;  // no classifier
         std::string name = std::string("param/") + parameter_names[i];
         const DumpRecord* r = dump_require(dump, name.c_str(), DUMP_F32, sizes[i]);
         if (!r) return {};
@@ -390,27 +390,35 @@ template <typename T> static std::vector<float> device_to_float(const T* src, si
 // a quantized layer differ from PyTorch's by FP32 rounding (~1e-7), which can flip a stochastic-rounding
 // decision or an LSS keep where u lands within that distance of the threshold: one flipped low code moves
 // one term of a token sum by 1/98 of that row's largest gradient. Measured: 1.8e-3 of the tensor's scale
-// (attprojw), so 5e-3. Such flips make the 10-step trajectories drift apart slowly (measured 3e-3 by step
-// 10); 1e-2 is still 7x below the gap between the reference's own int4 and fp32 losses after 10 steps (7e-2).
+// (attprojw), so 5e-3. Such flips make the 10-step trajectories drift apart; the allowed drift per step is
+// what the reference measures for itself under other draws of its randomness (below), above the fp32 1e-5.
 // mode_name: "fp32", "bf16" (both against the dump's fp32 records) or "int4" (FP32 activations with the
-// quantized linear layers, against the int4 records, starting from the dump's LSQ steps)
+// quantized linear layers, against the int4 records, starting from the dump's LSQ steps); with a prefix
+// ("cls_"), BERT's classifier records, whose batch is the unmasked tokens and the labels. A GPT dump checks
+// the LM, a BERT dump the masked LM (same records, masked inputs, targets -1 where unpredicted).
 template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, const char* mode_name,
-                                                     float tol_logits, float tol_loss, float tol_grad, float tol_steps) {
-    GPTConfig cfg = dump_config(dump);
+                                                     float tol_logits, float tol_loss, float tol_grad, float tol_steps,
+                                                     const char* prefix = "") {
+    const bool classifier = prefix[0] != 0;
+    GPTConfig cfg = dump_config(dump, classifier);
     const int B = dump.header[9], T_ = dump.header[10], N = B * T_;
+    const int rows = classifier ? B : N, width = classifier ? cfg.num_classes : cfg.padded_vocab_size;
     const bool int4 = !strcmp(mode_name, "int4");
-    const std::string ref = int4 ? "int4/" : "fp32/";
+    const std::string ref = std::string(prefix) + (int4 ? "int4/" : "fp32/");
     std::vector<float> master = dump_parameters(dump, cfg);
-    const DumpRecord* inputs = dump_require(dump, "inputs", DUMP_I32, (size_t)N);
-    const DumpRecord* targets = dump_require(dump, "targets", DUMP_I32, (size_t)N);
-    const DumpRecord* logits_ref = dump_require(dump, (ref + "logits").c_str(), DUMP_F32, (size_t)N * cfg.padded_vocab_size);
+    const DumpRecord* inputs = dump_require(dump, classifier ? "tokens" : "inputs", DUMP_I32, (size_t)N);
+    const DumpRecord* targets = dump_require(dump, classifier ? "labels" : "targets", DUMP_I32, (size_t)rows);
+    const DumpRecord* logits_ref = dump_require(dump, (ref + "logits").c_str(), DUMP_F32, (size_t)rows * width);
     const DumpRecord* loss_ref = dump_require(dump, (ref + "loss").c_str(), DUMP_F32, 1);
     const DumpRecord* losses_ref = dump_require(dump, (ref + "losses").c_str(), DUMP_F32, (size_t)dump.header[14]);
-    const DumpRecord* steps_ref = int4 ? dump_require(dump, "int4/lsq_steps", DUMP_F32, (size_t)cfg.num_layers * 8) : nullptr;
-    const DumpRecord* step_grads_ref = int4 ? dump_require(dump, "int4/grad/lsq_steps", DUMP_F32, (size_t)cfg.num_layers * 8) : nullptr;
+    const DumpRecord* steps_ref = int4 ? dump_require(dump, (ref + "lsq_steps").c_str(), DUMP_F32, (size_t)cfg.num_layers * 8) : nullptr;
+    const DumpRecord* step_grads_ref = int4 ? dump_require(dump, (ref + "grad/lsq_steps").c_str(), DUMP_F32, (size_t)cfg.num_layers * 8) : nullptr;
+    const DumpRecord* resampled = int4 ? dump_require(dump, (ref + "losses_resampled").c_str(), DUMP_F32, 8 * (size_t)dump.header[14]) : nullptr;
     char name[128];
+    std::string label = std::string(prefix) + mode_name;
+    mode_name = label.c_str();
     if (master.empty() || !inputs || !targets || !logits_ref || !loss_ref || !losses_ref ||
-        (int4 && (!steps_ref || !step_grads_ref))) {
+        (int4 && (!steps_ref || !step_grads_ref || !resampled))) {
         snprintf(name, sizeof name, "%s model vs dump", mode_name);
         check(false, name, "dump records missing");
         return;
@@ -426,11 +434,11 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     gpt_upload_batch(&model, inputs->as<int>(), targets->as<int>());
     gpt_zero_grad(&model);
     gpt_forward(&model);
-    std::vector<float> logits = device_to_float(model.acts.logits, (size_t)N * cfg.padded_vocab_size);
+    std::vector<float> logits = device_to_float(model.acts.logits, (size_t)rows * width);
     snprintf(name, sizeof name, "%s logits", mode_name);
     float d = max_diff_scaled(logits.data(), logits_ref->as<float>(), logits.size());
     check(d <= tol_logits, name, "max diff %.2e of max |logit| (tolerance %.0e)", d, tol_logits);
-    gpt_loss(&model, 1.0f / N);
+    gpt_loss(&model, gpt_grad_scale(&model, 1));
     float loss = gpt_mean_loss(&model);
     snprintf(name, sizeof name, "%s loss", mode_name);
     check(fabsf(loss - loss_ref->as<float>()[0]) <= tol_loss, name, "%.6f vs %.6f", loss, loss_ref->as<float>()[0]);
@@ -439,10 +447,12 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     cudaCheck(cudaMemcpy(grads.data(), model.grads_memory, grads.size() * sizeof(float), cudaMemcpyDeviceToHost));
     if (int4) {
         float gd = max_diff_scaled(grads.data() + model.num_parameters, step_grads_ref->as<float>(), model.num_steps);
-        check(gd <= tol_grad, "int4 grad lsq_steps", "max diff %.2e of the largest step gradient (tolerance %.0e)", gd, tol_grad);
+        snprintf(name, sizeof name, "%s grad lsq_steps", mode_name);
+        check(gd <= tol_grad, name, "max diff %.2e of the largest step gradient (tolerance %.0e)", gd, tol_grad);
     }
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        if (model.parameter_sizes[i] == 0) continue;
         std::string rec = ref + "grad/" + parameter_names[i];
         const DumpRecord* r = dump_require(dump, rec.c_str(), DUMP_F32, model.parameter_sizes[i]);
         float gd = r ? max_diff_scaled(grads.data() + offset, r->as<float>(), model.parameter_sizes[i]) : 1e30f;
@@ -453,26 +463,48 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     // 10 AdamW steps on the same batch, constant lr, as the reference
     OptimizerConfig opt = {dump.header_float(15), dump.header_float(17), dump.header_float(18), dump.header_float(19),
                            dump.header_float(16), dump.header_float(20)};
-    float step_diff = 0.0f;
+    // int4: flipped rounding decisions (see above) make trajectories drift, by how much depends on the task
+    // (4 [CLS] rows carry the classifier's whole gradient, so one flip weighs more than among 128 tokens).
+    // The reference measured its own drift: the same 10 steps under 8 other draws of the quantizers'
+    // randomness. Ours, perturbed by a few flips, is one more such draw, so at step s it may differ from the
+    // reference by tol_steps plus the range (max - min) of those 9 trajectories over steps <= s (drift only
+    // accumulates). A code bug (a wrong update, step gradient or scale) moves the loss already at steps 1-2,
+    // where that range is still ~1e-3, and keeps moving it.
+    const int steps = dump.header[14];
+    std::vector<float> allowed(steps, tol_steps);
+    float range = 0.0f;
+    for (int step = 0; int4 && step < steps; step++) {
+        float lo = losses_ref->as<float>()[step], hi = lo;
+        for (int k = 0; k < 8; k++) {
+            lo = fminf(lo, resampled->as<float>()[k * steps + step]);
+            hi = fmaxf(hi, resampled->as<float>()[k * steps + step]);
+        }
+        range = fmaxf(range, hi - lo);
+        allowed[step] = tol_steps + range;
+    }
+    float step_diff = 0.0f, worst_ratio = 0.0f;
     std::string trace;
-    for (int step = 0; step < dump.header[14]; step++) {
+    for (int step = 0; step < steps; step++) {
         model.micro_step = (uint32_t)step;  // the reference's RNG streams use the step number
         if (step > 0) {
             gpt_zero_grad(&model);
             gpt_forward(&model);
-            gpt_loss(&model, 1.0f / N);
+            gpt_loss(&model, gpt_grad_scale(&model, 1));
             loss = gpt_mean_loss(&model);
             gpt_backward(&model);
         }
         gpt_grad_norm(&model);
         gpt_update(&model, opt, opt.learning_rate, step + 1);
-        step_diff = fmaxf(step_diff, fabsf(loss - losses_ref->as<float>()[step]));
-        char buf[32];
-        snprintf(buf, sizeof buf, " %.4f/%.4f", loss, losses_ref->as<float>()[step]);
+        float diff = fabsf(loss - losses_ref->as<float>()[step]);
+        step_diff = fmaxf(step_diff, diff);
+        worst_ratio = fmaxf(worst_ratio, diff / allowed[step]);
+        char buf[48];
+        snprintf(buf, sizeof buf, " %.4f/%.4f(%.0e)", loss, losses_ref->as<float>()[step], allowed[step]);
         trace += buf;
     }
     snprintf(name, sizeof name, "%s 10 AdamW steps", mode_name);
-    check(step_diff <= tol_steps, name, "max loss diff %.2e (tolerance %.0e):%s", step_diff, tol_steps, trace.c_str());
+    check(worst_ratio <= 1.0f, name, "max loss diff %.2e, at worst %.2f of the allowed (ours/ref(allowed)):%s",
+          step_diff, worst_ratio, trace.c_str());
     gpt_free(&model);
 }
 
@@ -497,7 +529,7 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
             model->seed = 1337;
             model->micro_step = (uint32_t)step;  // dropout masks depend on it, so resuming must restore it
             gpt_forward(model, 0.1f);
-            gpt_loss(model, 1.0f / (B * T_));
+            gpt_loss(model, gpt_grad_scale(model, 1));
             losses->push_back(gpt_mean_loss(model));
             gpt_backward(model);
             gpt_grad_norm(model);
@@ -628,20 +660,26 @@ int main(int argc, char** argv) {
     test_layer0_linear_host(dump);
     if (dump.header[2] == 0) test_trainer_host_pieces();
     test_quant_error_device(have_gpu);
-    if (dump.header[2] == 0 && have_gpu) {
+    if (have_gpu) {  // GPT: the LM; BERT: the masked LM, then the classifier (same tolerances, same reasons)
         matmul_setup();
         test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
         test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
-        test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-2f);
-        test_resume_determinism<float>(dump, "fp32");
-        test_resume_determinism<__nv_bfloat16>(dump, "bf16");
-        test_resume_determinism<__nv_bfloat16>(dump, "int4");
+        test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f);
+        if (dump.header[2] == 1) {
+            test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f, "cls_");
+            test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f, "cls_");
+            test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f, "cls_");
+        } else {
+            test_resume_determinism<float>(dump, "fp32");
+            test_resume_determinism<__nv_bfloat16>(dump, "bf16");
+            test_resume_determinism<__nv_bfloat16>(dump, "int4");
+        }
         matmul_teardown();
-    } else if (dump.header[2] == 0) {
-        skip("fp32, bf16 and int4 model vs dump, save/resume", "no CUDA device");
+    } else {
+        skip("fp32, bf16 and int4 model vs dump (GPT: and save/resume; BERT: MLM and classifier)", "no CUDA device");
     }
     if (dump.header[2] == 1) {
-        test_mlm_masking(dump, have_gpu);
+        test_mlm_masking(dump);
         test_classification_loader();
     }
 

@@ -1,8 +1,12 @@
 /*
-train_int4: trains a GPT on token shards, in the spirit of llm.c's train_gpt2.cu, in FP32 or BF16 — and, when
-the INT4 training mode lands, with every linear layer in the blocks done in 4-bit integers (Xi et al. 2023).
+train_int4: trains a GPT (or, with -m bert, a BERT-style encoder) on token shards, in the spirit of llm.c's
+train_gpt2.cu, in FP32, BF16 or INT4 — the last with every linear layer in the blocks done in 4-bit integers
+(Xi et al. 2023: Hadamard-quantized forward, bit-split and leverage-score-sampled backward).
 
     make train_int4 && ./train_int4            # small GPT on the bundled tinyshakespeare bytes, then samples
+    ./train_int4 -m bert -o out/bert           # masked-LM pretraining of the same stack, bidirectional
+    ./train_int4 -m bert -e out/bert/model_00001500.bin -f data/speakers_train.tsv -F data/speakers_val.tsv
+                                               # fine-tune a classifier on [CLS]: which speaker says a passage
     ./train_int4 -h                            # every flag
 
 Reading order: config -> parameters -> activations -> forward -> backward -> optimizer -> data ->
@@ -38,6 +42,8 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include "kernels/checkpoint.h"
 #include "kernels/quant_linear.h"
 #include "kernels/qstats.h"
+#include "kernels/mlm.h"
+#include "kernels/classification_data.h"
 
 // ----------------------------------------------------------------------------------------------------------
 // config
@@ -49,18 +55,28 @@ struct GPTConfig {
     int num_layers;         // L
     int num_heads;          // NH
     int channels;           // C
+    int bert;               // 0: GPT (causal, next-token loss); 1: BERT encoder (bidirectional, [PAD] keys masked)
+    int num_classes;        // BERT with a classifier on [CLS]: its classes (fine-tuning); else 0
 };
+
+// what the head on top of the final layernorm computes: GPT's next-token loss, BERT's masked-LM loss (both
+// with the LM head tied to wte), or BERT's [CLS] classifier
+enum Task { TASK_LM, TASK_MLM, TASK_CLASSIFY };
+static Task config_task(const GPTConfig& c) {
+    return !c.bert ? TASK_LM : c.num_classes > 0 ? TASK_CLASSIFY : TASK_MLM;
+}
 
 enum Precision { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_INT4 = 2 };
 static const char* precision_names[] = {"fp32", "bf16", "int4"};
 
 // ----------------------------------------------------------------------------------------------------------
-// parameters: one allocation, a named pointer per tensor, in llm.c's order (so its checkpoints load)
+// parameters: one allocation, a named pointer per tensor, in llm.c's order (so its checkpoints load), then
+// BERT's classifier head (empty unless num_classes > 0, so GPT files are exactly llm.c's)
 
-#define NUM_PARAMETER_TENSORS 16
+#define NUM_PARAMETER_TENSORS 18
 static const char* parameter_names[NUM_PARAMETER_TENSORS] = {
     "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
-    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"};
+    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "clsw", "clsb"};
 
 template <typename P> struct ParameterTensors {
     P* wte;       // (Vp, C)
@@ -79,22 +95,25 @@ template <typename P> struct ParameterTensors {
     P* fcprojb;   // (L, C)
     P* lnfw;      // (C)
     P* lnfb;      // (C)
+    P* clsw;      // (num_classes, C)
+    P* clsb;      // (num_classes)
 };
 
 static void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& cfg) {
     size_t Vp = cfg.padded_vocab_size, C = cfg.channels, maxT = cfg.max_seq_len, L = cfg.num_layers;
+    size_t K = cfg.num_classes;
     size_t shapes[NUM_PARAMETER_TENSORS] = {Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
-                                            L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C};
+                                            L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C, K * C, K};
     memcpy(sizes, shapes, sizeof shapes);
 }
 
 // weight decay applies to the 2-D tensors only (embeddings and matrices)
-static bool parameter_is_decayed(int i) { return i == 0 || i == 1 || i == 4 || i == 6 || i == 10 || i == 12; }
+static bool parameter_is_decayed(int i) { return i == 0 || i == 1 || i == 4 || i == 6 || i == 10 || i == 12 || i == 16; }
 
 template <typename P> void point_parameters(ParameterTensors<P>* p, P* base, const size_t sizes[NUM_PARAMETER_TENSORS]) {
     P** pointers[NUM_PARAMETER_TENSORS] = {&p->wte, &p->wpe, &p->ln1w, &p->ln1b, &p->qkvw, &p->qkvb,
                                            &p->attprojw, &p->attprojb, &p->ln2w, &p->ln2b, &p->fcw, &p->fcb,
-                                           &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb};
+                                           &p->fcprojw, &p->fcprojb, &p->lnfw, &p->lnfb, &p->clsw, &p->clsb};
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         *pointers[i] = base;
         base += sizes[i];
@@ -138,6 +157,7 @@ template <typename T> struct ActivationTensors {
 
 template <typename T> struct GPT {
     GPTConfig config;
+    Task task;                        // from the config: LM, MLM or CLASSIFY
     size_t parameter_sizes[NUM_PARAMETER_TENSORS];
     size_t num_parameters;
     ParameterTensors<T> params;       // the compute copy (the FP32 master itself in fp32 mode)
@@ -151,7 +171,8 @@ template <typename T> struct GPT {
     void* acts_memory;
     int B, T_;                        // the batch the activations were sized for
     int* inputs;                      // (B, T) device
-    int* targets;                     // (B, T) device
+    int* targets;                     // (B, T) device: next tokens (LM), masked tokens or -1 (MLM); (B) labels (CLASSIFY)
+    int num_predicted;                // targets >= 0 in the last uploaded batch: the loss is their mean
     int* buckets;                     // encoder-backward token buckets, device
     float* norm;                      // the last global gradient norm, device
     // INT4 mode: the four linear layers of each block (except those kept in BF16) are quantized layers;
@@ -212,6 +233,8 @@ template <typename T>
 void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, int B, int T_,
                const QuantConfig& quant = {false, 32, 1.0f, {}}) {
     model->config = cfg;
+    model->task = config_task(cfg);
+    model->num_predicted = 0;
     model->int4 = quant.enabled;
     model->hadamard_block = quant.hadamard_block;
     model->keep_ratio = quant.keep_ratio;
@@ -315,10 +338,18 @@ template <typename T> void gpt_free(GPT<T>* model) {
 // ----------------------------------------------------------------------------------------------------------
 // forward: inputs (B, T) -> logits; with targets, the per-token losses and (grad_scale > 0) dlogits
 
+// rows of the loss: every position (LM, MLM) or one per sequence (the classifier on [CLS])
+template <typename T> long gpt_loss_rows(GPT<T>* model) {
+    return model->task == TASK_CLASSIFY ? model->B : (long)model->B * model->T_;
+}
+
+// inputs (B, T); targets (gpt_loss_rows) with -1 where nothing is predicted, or null when sampling
 template <typename T> void gpt_upload_batch(GPT<T>* model, const int* inputs, const int* targets) {
-    size_t BT = (size_t)model->B * model->T_;
+    size_t BT = (size_t)model->B * model->T_, rows = gpt_loss_rows(model);
     cudaCheck(cudaMemcpyAsync(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice, model->stream));
-    if (targets) cudaCheck(cudaMemcpyAsync(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    if (targets) cudaCheck(cudaMemcpyAsync(model->targets, targets, rows * sizeof(int), cudaMemcpyHostToDevice, model->stream));
+    model->num_predicted = 0;
+    for (size_t i = 0; targets && i < rows; i++) model->num_predicted += targets[i] >= 0;
     token_buckets_build(&model->host_buckets, inputs, (int)BT, model->config.padded_vocab_size);
     const TokenBuckets& b = model->host_buckets;
     int* dst = model->buckets;
@@ -447,7 +478,7 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
         auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
         layernorm_forward(ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, residual, p.ln1w + l * C, p.ln1b + l * C, N, C, s);
         linear_forward(model, l, 0, qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, C, 3 * C);
-        attention_forward(atty, att, qkv, (const int*)nullptr, B, T_, C, NH, a.attention, s);
+        attention_forward(atty, att, qkv, cfg.bert ? model->inputs : nullptr, B, T_, C, NH, a.attention, s);
         linear_forward(model, l, 1, a.btc, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, C, C);
         if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 1);
         residual_forward(residual2, residual, a.btc, (long)N * C, s);
@@ -462,16 +493,31 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
     model->steps_initialised = true;
     nvtxRangePush("head_forward");
     layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, p.lnfb, N, C, s);
-    matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, cfg.padded_vocab_size, s);
+    if (model->task == TASK_CLASSIFY) {  // logits (B, classes) from the [CLS] rows, gathered into btc (B, C)
+        cudaCheck(cudaMemcpy2DAsync(a.btc, C * sizeof(T), a.lnf, (size_t)T_ * C * sizeof(T), C * sizeof(T), B,
+                                    cudaMemcpyDeviceToDevice, s));
+        matmul_forward(a.logits, a.btc, p.clsw, p.clsb, B, C, cfg.num_classes, s);
+    } else {
+        matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, cfg.padded_vocab_size, s);
+    }
     nvtxRangePop();
 }
 
-// per-token losses into acts.losses; grad_scale > 0 also turns the logits into dlogits for the backward
+// per-row losses into acts.losses; grad_scale > 0 also turns the logits into dlogits for the backward.
+// The gradient of the mean loss over a micro-batch is 1 / num_predicted; the caller adds accumulation.
 template <typename T> void gpt_loss(GPT<T>* model, float grad_scale) {
     nvtxRangePush("crossentropy");
-    crossentropy_forward_backward(model->acts.logits, model->acts.losses, model->targets, (long)model->B * model->T_,
-                                  model->config.vocab_size, model->config.padded_vocab_size, grad_scale, model->stream);
+    bool classify = model->task == TASK_CLASSIFY;
+    int V = classify ? model->config.num_classes : model->config.vocab_size;
+    int Vp = classify ? model->config.num_classes : model->config.padded_vocab_size;
+    crossentropy_forward_backward(model->acts.logits, model->acts.losses, model->targets, gpt_loss_rows(model), V, Vp,
+                                  grad_scale, model->stream);
     nvtxRangePop();
+}
+
+// the loss-gradient scale for a micro-batch of an optimizer step with `accumulation` micro-batches
+template <typename T> float gpt_grad_scale(GPT<T>* model, int accumulation) {
+    return 1.0f / ((float)std::max(model->num_predicted, 1) * accumulation);
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -486,7 +532,14 @@ template <typename T> void gpt_backward(GPT<T>* model) {
     ActivationTensors<T>& a = model->acts;
     cudaStream_t s = model->stream;
     nvtxRangePush("head_backward");
-    matmul_backward(a.btc, g.wte, (float*)nullptr, a.logits, a.lnf, p.wte, N, C, cfg.padded_vocab_size, a.reduce, s);
+    if (model->task == TASK_CLASSIFY) {  // d[CLS] rows (B, C) into bt4c, then scattered into a zero dlnf (btc)
+        matmul_backward(a.bt4c, g.clsw, g.clsb, a.logits, a.btc, p.clsw, B, C, cfg.num_classes, a.reduce, s);
+        cudaCheck(cudaMemsetAsync(a.btc, 0, (size_t)N * C * sizeof(T), s));
+        cudaCheck(cudaMemcpy2DAsync(a.btc, (size_t)T_ * C * sizeof(T), a.bt4c, C * sizeof(T), C * sizeof(T), B,
+                                    cudaMemcpyDeviceToDevice, s));
+    } else {
+        matmul_backward(a.btc, g.wte, (float*)nullptr, a.logits, a.lnf, p.wte, N, C, cfg.padded_vocab_size, a.reduce, s);
+    }
     cudaCheck(cudaMemsetAsync(a.dresidual, 0, (size_t)N * C * sizeof(T), s));
     layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.btc, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, a.lnf_mean,
                        a.lnf_rstd, N, C, a.reduce, s);
@@ -550,15 +603,16 @@ template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt,
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = model->parameter_sizes[i];
+        if (n == 0) continue;  // no classifier
         adamw_update(model->master_memory + offset, model->params_memory + offset, model->grads_memory + offset,
                      model->m_memory + offset, model->v_memory + offset, (long)n, lr, opt.beta1, opt.beta2, t, opt.eps,
                      parameter_is_decayed(i) ? opt.weight_decay : 0.0f, model->norm, opt.grad_clip, model->stream);
         offset += n;
     }
-    if (model->num_steps > 0) {  // LSQ steps: FP32 only, no weight decay
+    if (model->num_steps > 0) {  // LSQ steps: FP32 only, no weight decay, relative updates (kernels/adamw.h)
         adamw_update(model->lsq_steps, model->lsq_steps, model->lsq_grads, model->m_memory + offset,
                      model->v_memory + offset, (long)model->num_steps, lr, opt.beta1, opt.beta2, t, opt.eps, 0.0f,
-                     model->norm, opt.grad_clip, model->stream);
+                     model->norm, opt.grad_clip, model->stream, true);
     }
     nvtxRangePop();
 }
@@ -572,15 +626,108 @@ static float learning_rate_at(int step, int warmup, int total, float lr, float f
     return lr * (final_fraction + (1.0f - final_fraction) * cosine);
 }
 
-// mean of the per-token losses of the last gpt_loss (synchronises)
+// mean loss over the predicted rows of the last gpt_loss (unpredicted rows hold 0; synchronises)
 template <typename T> float gpt_mean_loss(GPT<T>* model) {
-    size_t BT = (size_t)model->B * model->T_;
-    std::vector<float> losses(BT);
-    cudaCheck(cudaMemcpyAsync(losses.data(), model->acts.losses, BT * sizeof(float), cudaMemcpyDeviceToHost, model->stream));
+    size_t rows = gpt_loss_rows(model);
+    std::vector<float> losses(rows);
+    cudaCheck(cudaMemcpyAsync(losses.data(), model->acts.losses, rows * sizeof(float), cudaMemcpyDeviceToHost, model->stream));
     cudaCheck(cudaStreamSynchronize(model->stream));
     double sum = 0.0;
     for (float l : losses) sum += l;
-    return (float)(sum / BT);
+    return (float)(sum / std::max(model->num_predicted, 1));
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// batches: token shards for GPT (next token) and BERT (masked LM), a label<TAB>text file for the classifier.
+// Shared-hash streams (micro-step n, slot, RNG_USE_DATA): slot 0 masks / draws training batch n, slot 2 masks
+// validation batch n; dropout uses slots 4l+1 and 4l+3, so no two uses share a counter.
+
+struct Batches {
+    Task task;
+    int B, T;
+    uint32_t seed;
+    DataLoader train_loader, val_loader;   // LM and MLM (MLM windows are T - 2 long: [CLS] and [SEP] added)
+    ClassificationSet train_set, val_set;  // CLASSIFY
+    std::vector<int> inputs, targets;      // the host batch: (B, T) inputs, gpt_loss_rows targets
+};
+
+static bool batches_init(Batches* d, Task task, const char* train_path, const char* val_path, bool want_val, int B,
+                         int T, int vocab, uint32_t seed) {
+    d->task = task;
+    d->B = B;
+    d->T = T;
+    d->seed = seed;
+    d->inputs.assign((size_t)B * T, 0);
+    d->targets.assign((size_t)B * T, -1);
+    if (task == TASK_CLASSIFY) {
+        return classification_load(train_path, nullptr, &d->train_set) &&
+               (!want_val || classification_load(val_path, &d->train_set.label_names, &d->val_set));
+    }
+    int window = task == TASK_MLM ? T - 2 : T;
+    return dataloader_init(&d->train_loader, train_path, B, window, vocab, true, seed) &&
+           (!want_val || dataloader_init(&d->val_loader, val_path, B, window, vocab));
+}
+
+// training batch n (the global micro-step): a function of (seed, n), so a resumed run sees the same batches
+static bool batches_next_train(Batches* d, long n) {
+    uint32_t key = rng_key(d->seed, rng_stream_train((uint32_t)n, 0, RNG_USE_DATA));
+    if (d->task == TASK_CLASSIFY) {  // B examples drawn uniformly with replacement
+        const ClassificationSet& set = d->train_set;
+        for (int b = 0; b < d->B; b++) {
+            size_t e = rng_hash_keyed(key, (uint32_t)b) % set.labels.size();
+            classification_tokens(set.texts[e], d->T, &d->inputs[(size_t)b * d->T]);
+            d->targets[b] = set.labels[e];
+        }
+        return true;
+    }
+    if (!dataloader_next_batch(&d->train_loader, n)) return false;
+    if (d->task == TASK_MLM) {
+        mlm_batch(d->train_loader.inputs.data(), d->T - 2, d->B, d->T, key, d->inputs.data(), d->targets.data());
+    } else {
+        d->inputs = d->train_loader.inputs;
+        d->targets = d->train_loader.targets;
+    }
+    return true;
+}
+
+// validation batches in order: the first `max_batches` of the val shards, or every held-out example (the
+// last batch padded with label -1 rows, which count nowhere); false when there are no more
+static bool batches_next_val(Batches* d, int n, int max_batches) {
+    if (d->task == TASK_CLASSIFY) {
+        const ClassificationSet& set = d->val_set;
+        if ((size_t)n * d->B >= set.labels.size()) return false;
+        for (int b = 0; b < d->B; b++) {
+            size_t e = std::min((size_t)n * d->B + b, set.labels.size() - 1);
+            classification_tokens(set.texts[e], d->T, &d->inputs[(size_t)b * d->T]);
+            d->targets[b] = (size_t)n * d->B + b < set.labels.size() ? set.labels[e] : -1;
+        }
+        return true;
+    }
+    if (n >= max_batches) return false;
+    if (n == 0) dataloader_seek(&d->val_loader, 0, 0);
+    if (!dataloader_next_batch(&d->val_loader)) return false;
+    if (d->task == TASK_MLM) {
+        uint32_t key = rng_key(d->seed, rng_stream_train((uint32_t)n, 2, RNG_USE_DATA));
+        mlm_batch(d->val_loader.inputs.data(), d->T - 2, d->B, d->T, key, d->inputs.data(), d->targets.data());
+    } else {
+        d->inputs = d->val_loader.inputs;
+        d->targets = d->val_loader.targets;
+    }
+    return true;
+}
+
+// correct argmax predictions among the labelled rows of the last classifier forward (synchronises)
+template <typename T> int gpt_correct_predictions(GPT<T>* model, const int* labels) {
+    int K = model->config.num_classes, correct = 0;
+    std::vector<T> logits((size_t)model->B * K);
+    cudaCheck(cudaMemcpyAsync(logits.data(), model->acts.logits, logits.size() * sizeof(T), cudaMemcpyDeviceToHost, model->stream));
+    cudaCheck(cudaStreamSynchronize(model->stream));
+    for (int b = 0; b < model->B; b++) {
+        int best = 0;
+        for (int k = 1; k < K; k++) best = (float)logits[(size_t)b * K + k] > (float)logits[(size_t)b * K + best] ? k : best;
+        correct += labels[b] >= 0 && best == labels[b];
+    }
+    return correct;
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -603,6 +750,8 @@ static void model_header(int32_t header[256], const GPTConfig& c, int version) {
     header[5] = c.num_heads;
     header[6] = c.channels;
     header[7] = c.padded_vocab_size;
+    header[8] = c.bert;         // beyond llm.c's fields (0 in its GPT-2 files)
+    header[9] = c.num_classes;
 }
 
 // reads an llm.c model file (version 3 FP32 or 5 BF16) into FP32 host weights
@@ -612,13 +761,15 @@ static bool read_model_file(const char* path, GPTConfig* cfg, std::vector<float>
     FILE* f = open_checked(path, header, MODEL_MAGIC, "model file", &file_size);
     if (!f) return false;
     int version = header[1];
-    *cfg = {header[2], header[3], header[7], header[4], header[5], header[6]};
+    *cfg = {header[2], header[3], header[7], header[4], header[5], header[6], header[8], header[9]};
     bool ok = false;
     if (version != MODEL_VERSION_FP32 && version != MODEL_VERSION_BF16) {
         fprintf(stderr, "%s: model version %d, expected 3 (FP32) or 5 (BF16)\n", path, version);
     } else if (cfg->max_seq_len <= 0 || cfg->vocab_size <= 0 || cfg->padded_vocab_size < cfg->vocab_size ||
                cfg->num_layers <= 0 || cfg->num_heads <= 0 || cfg->channels <= 0 || cfg->channels % cfg->num_heads ||
-               cfg->channels > 65536 || cfg->num_layers > 1024 || cfg->padded_vocab_size > (1 << 22)) {
+               cfg->channels > 65536 || cfg->num_layers > 1024 || cfg->padded_vocab_size > (1 << 22) ||
+               (cfg->bert != 0 && cfg->bert != 1) || cfg->num_classes < 0 || cfg->num_classes > 65536 ||
+               (cfg->num_classes > 0 && !cfg->bert)) {
         fprintf(stderr, "%s: implausible model config in the header\n", path);
     } else {
         size_t sizes[NUM_PARAMETER_TENSORS], n = 0;
@@ -656,7 +807,7 @@ template <typename T> int model_precision(GPT<T>* model) {
     return model->int4 ? PRECISION_INT4 : std::is_same<T, float>::value ? PRECISION_FP32 : PRECISION_BF16;
 }
 
-// the model file holds llm.c's 16 tensors; the state file all FP32 values (with INT4 mode's LSQ steps)
+// the model file holds llm.c's 16 tensors (+ the classifier); the state file all FP32 values (with the LSQ steps)
 template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir, const TrainState& st) {
     size_t n = model->num_parameters, total = n + model->num_steps;
     std::vector<float> master(total), m(total), v(total);
@@ -685,9 +836,11 @@ template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir
     header[6] = (int32_t)st.seed;
     header[7] = st.precision;
     const GPTConfig& c = model->config;
-    int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
-    memcpy(&header[8], config, sizeof config);
+    int32_t config[8] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels,
+                         c.bert, c.num_classes};
+    memcpy(&header[8], config, 6 * sizeof(int32_t));
     memcpy(&header[14], &total, sizeof total);
+    memcpy(&header[16], config + 6, 2 * sizeof(int32_t));
     snprintf(path, sizeof path, "%s/state_%08d.bin", dir.c_str(), st.step);
     ok = ok && write_file_atomic(path, header, {{master.data(), total * 4}, {m.data(), total * 4}, {v.data(), total * 4}});
     return ok;
@@ -722,13 +875,15 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
     const GPTConfig& c = model->config;
     int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
     bool ok = false;
+    bool same_model = memcmp(&header[8], config, sizeof config) == 0 && header[16] == c.bert && header[17] == c.num_classes;
     int precision = model_precision(model);
     size_t total = model->num_parameters + model->num_steps;
     if (header[1] != STATE_VERSION) {
         fprintf(stderr, "%s: state version %d, expected %d\n", path, header[1], STATE_VERSION);
-    } else if (memcmp(&header[8], config, sizeof config) != 0 || n != total) {
-        fprintf(stderr, "%s: model config (maxT %d, V %d, Vp %d, L %d, NH %d, C %d) differs from this run's flags\n", path,
-                header[8], header[9], header[10], header[11], header[12], header[13]);
+    } else if (!same_model || n != total) {
+        fprintf(stderr, "%s: model config (maxT %d, V %d, Vp %d, L %d, NH %d, C %d, %s, %d classes) differs from this "
+                "run's flags\n", path, header[8], header[9], header[10], header[11], header[12], header[13],
+                header[16] ? "bert" : "gpt", header[17]);
     } else if (header[7] != precision) {
         fprintf(stderr, "%s: written by a %s run, this run is %s (-p)\n", path,
                 header[7] >= 0 && header[7] < 3 ? precision_names[header[7]] : "?", precision_names[precision]);
@@ -812,6 +967,9 @@ struct TrainArgs {
     int hadamard_block = 32;           // INT4 mode
     float keep_ratio = 0.5f;
     const char* bf16_layers = "";      // comma-separated layer indices kept in BF16 in INT4 mode
+    bool bert = false;                 // -m bert: the encoder (masked LM, or the classifier with -f)
+    const char* task_train = nullptr;  // BERT fine-tuning: label<TAB>text files
+    const char* task_val = nullptr;
 };
 
 static void print_usage(void) {
@@ -830,7 +988,10 @@ static void print_usage(void) {
            "  -x <int>    optimizer steps                    default 1500\n"
            "  -v <int>    validate every N steps (0 = never) default 250\n"
            "  -m <int>    validation batches                 default 20\n"
-           "  -s <int>    sample every N steps (0 = never)   default 500\n"
+           "  -m gpt|bert model: GPT (causal LM) or BERT encoder (masked LM; a classifier with -f)   default gpt\n"
+           "  -f <file>   BERT fine-tuning: label<TAB>text training examples (-e: a pretrained model file)\n"
+           "  -F <file>   BERT fine-tuning: held-out examples, scored every -v steps (loss, accuracy)\n"
+           "  -s <int>    sample every N steps (0 = never; GPT only)   default 500\n"
            "  -g <int>    sample length (tokens)             default 256\n"
            "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
@@ -910,7 +1071,13 @@ static TrainArgs parse_args(int argc, char** argv) {
             case 'D': need_float(0.0f, 0.9f); a.dropout = f; break;
             case 'x': need_int(1, 1 << 30); a.max_steps = (int)n; break;
             case 'v': need_int(0, 1 << 30); a.val_every = (int)n; break;
-            case 'm': need_int(1, 1 << 30); a.val_steps = (int)n; break;
+            case 'm':  // the model family by name, or (llm.c's meaning) the number of validation batches
+                if (!strcmp(value, "gpt") || !strcmp(value, "bert")) { a.bert = value[0] == 'b'; break; }
+                if (!parse_long(value, &n) || n < 1 || n > (1 << 30)) die("-m expects gpt, bert or a number of validation batches >= 1, got '%s'", value);
+                a.val_steps = (int)n;
+                break;
+            case 'f': a.task_train = value; break;
+            case 'F': a.task_val = value; break;
             case 's': need_int(0, 1 << 30); a.sample_every = (int)n; break;
             case 'g': need_int(1, 1 << 16); a.sample_length = (int)n; break;
             case 'n': need_int(0, 1 << 30); a.checkpoint_every = (int)n; break;
@@ -948,6 +1115,9 @@ static TrainArgs parse_args(int argc, char** argv) {
     }
     if (a.resume && !a.output_dir) die("-y 1 needs -o (the folder with the state files)%s", "");
     if (a.qstats_every > 0 && (a.precision != PRECISION_INT4 || !a.output_dir)) die("-qstats needs -p int4 and -o%s", "");
+    if (a.task_train && !a.bert) die("-f %s: fine-tuning a classifier needs -m bert", a.task_train);
+    if (a.task_val && !a.task_train) die("-F %s needs -f (the training examples)", a.task_val);
+    if (a.bert && a.T < 3) die("-m bert needs -t >= 3 ([CLS], a token, [SEP])%s", "");
     return a;
 }
 
@@ -998,16 +1168,14 @@ static double seconds_now(void) {
 template <typename T> int train(const TrainArgs& args) {
     // model: descriptor or llm.c file
     GPTConfig cfg;
-    std::vector<float> host_master;
-    if (parse_model_descriptor(args.model, &cfg, args.vocab, args.T)) {
-        size_t sizes[NUM_PARAMETER_TENSORS], n = 0;
-        fill_parameter_sizes(sizes, cfg);
-        for (size_t s : sizes) n += s;
-        host_master.resize(n);
-        gpt_init_parameters(host_master.data(), sizes, cfg, args.seed);
-    } else if (!read_model_file(args.model, &cfg, &host_master)) {
+    std::vector<float> file_weights;
+    bool from_file = !parse_model_descriptor(args.model, &cfg, args.bert ? BERT_VOCAB : args.vocab, args.T);
+    if (from_file && !read_model_file(args.model, &cfg, &file_weights)) return EXIT_FAILURE;
+    if (from_file && cfg.bert != (int)args.bert) {
+        fprintf(stderr, "error: -e %s is a %s model; use -m %s\n", args.model, cfg.bert ? "BERT" : "GPT", cfg.bert ? "bert" : "gpt");
         return EXIT_FAILURE;
     }
+    cfg.bert = args.bert;
     if (args.T > cfg.max_seq_len) {
         fprintf(stderr, "error: -t %d exceeds the model's maximum sequence length %d\n", args.T, cfg.max_seq_len);
         return EXIT_FAILURE;
@@ -1036,10 +1204,30 @@ template <typename T> int train(const TrainArgs& args) {
             c = *end ? end + 1 : end;
         }
     }
-    DataLoader train_loader, val_loader;
-    if (!dataloader_init(&train_loader, args.train_pattern, args.B, args.T, cfg.vocab_size, true, args.seed)) return EXIT_FAILURE;
-    bool have_val = args.val_every > 0 && dataloader_init(&val_loader, args.val_pattern, args.B, args.T, cfg.vocab_size);
-    if (args.val_every > 0 && !have_val) return EXIT_FAILURE;
+    // data, then the classifier's size from the task's labels
+    Task task = !args.bert ? TASK_LM : args.task_train ? TASK_CLASSIFY : TASK_MLM;
+    bool have_val = args.val_every > 0 && (task != TASK_CLASSIFY || args.task_val);
+    Batches data;
+    if (!batches_init(&data, task, task == TASK_CLASSIFY ? args.task_train : args.train_pattern,
+                      task == TASK_CLASSIFY ? args.task_val : args.val_pattern, have_val, args.B, args.T, cfg.vocab_size,
+                      args.seed)) {
+        return EXIT_FAILURE;
+    }
+    int classes = (int)data.train_set.label_names.size();
+    if (from_file && cfg.num_classes != 0 && cfg.num_classes != classes) {
+        fprintf(stderr, "error: -e %s has a classifier with %d classes, %s needs %d (pretraining: none)\n", args.model,
+                cfg.num_classes, task == TASK_CLASSIFY ? args.task_train : "masked-LM", classes);
+        return EXIT_FAILURE;
+    }
+    cfg.num_classes = classes;
+    // parameters: the init of the whole config; a model file replaces the tensors it has (a pretrained
+    // encoder gets a freshly initialised classifier)
+    size_t sizes[NUM_PARAMETER_TENSORS], n_params = 0;
+    fill_parameter_sizes(sizes, cfg);
+    for (size_t s : sizes) n_params += s;
+    std::vector<float> host_master(n_params);
+    gpt_init_parameters(host_master.data(), sizes, cfg, args.seed);
+    std::copy(file_weights.begin(), file_weights.end(), host_master.begin());
     std::string out_dir = args.output_dir ? args.output_dir : "";
     FILE* log = nullptr;
     if (!out_dir.empty()) {
@@ -1065,7 +1253,6 @@ template <typename T> int train(const TrainArgs& args) {
     }
     cudaDeviceProp props;
     cudaCheck(cudaGetDeviceProperties(&props, 0));
-    size_t n_params = host_master.size();
     size_t need = n_params * (4 * 4 + (std::is_same<T, float>::value ? 0 : sizeof(T))) +
                   activation_bytes(cfg, args.B, args.T, sizeof(T)) + CUBLASLT_WORKSPACE_SIZE + (64 << 20);
     size_t free_bytes, total_bytes;
@@ -1086,7 +1273,8 @@ template <typename T> int train(const TrainArgs& args) {
             fprintf(stderr, "error: -y 1: no state_*.bin in %s\n", out_dir.c_str());
             return EXIT_FAILURE;
         }
-        if (!load_state(&model, path.c_str(), &state) || !dataloader_seek(&train_loader, state.shard, state.position)) {
+        if (!load_state(&model, path.c_str(), &state) ||
+            (task != TASK_CLASSIFY && !dataloader_seek(&data.train_loader, state.shard, state.position))) {
             fprintf(stderr, "error: cannot resume from %s\n", path.c_str());
             return EXIT_FAILURE;
         }
@@ -1099,9 +1287,11 @@ template <typename T> int train(const TrainArgs& args) {
     const double peak_bf16_flops = 989e12;  // H100 SXM dense BF16
     printf("+-----------------------+----------------------------------------------------+\n");
     printf("| %-21s | %-50s |\n", "device", props.name);
+    static const char* task_names[3] = {"GPT, next-token loss", "BERT, masked-LM loss", "BERT, classifier on [CLS]"};
     printf("| %-21s | %-50s |\n", "precision", precision_names[args.precision]);
-    printf("| %-21s | %-50s |\n", "train data", args.train_pattern);
-    printf("| %-21s | %-50s |\n", "val data", have_val ? args.val_pattern : "(none)");
+    printf("| %-21s | %-50s |\n", "task", task_names[task]);
+    printf("| %-21s | %-50s |\n", "train data", task == TASK_CLASSIFY ? args.task_train : args.train_pattern);
+    printf("| %-21s | %-50s |\n", "val data", !have_val ? "(none)" : task == TASK_CLASSIFY ? args.task_val : args.val_pattern);
     printf("| %-21s | L=%d C=%d NH=%d V=%d Vp=%d maxT=%-19d |\n", "model", cfg.num_layers, cfg.channels,
            cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size, cfg.max_seq_len);
     printf("| %-21s | %-50zu |\n", "parameters", n_params);
@@ -1113,6 +1303,15 @@ template <typename T> int train(const TrainArgs& args) {
     printf("| %-21s | %-50d |\n", "steps", args.max_steps);
     printf("| %-21s | %-50.2f |\n", "GPU memory (GiB)", need / 1073741824.0);
     printf("+-----------------------+----------------------------------------------------+\n");
+    if (task == TASK_CLASSIFY) {  // the accuracy to beat: always answering the training set's most frequent label
+        std::vector<int> counts(classes, 0);
+        for (int label : data.train_set.labels) counts[label]++;
+        int majority = (int)(std::max_element(counts.begin(), counts.end()) - counts.begin());
+        size_t hits = std::count(data.val_set.labels.begin(), data.val_set.labels.end(), majority);
+        printf("classes: %d, %zu training and %zu held-out examples; majority class '%s' is %.1f%% of the held-out set\n",
+               classes, data.train_set.labels.size(), data.val_set.labels.size(), data.train_set.label_names[majority].c_str(),
+               data.val_set.labels.empty() ? 0.0 : 100.0 * hits / data.val_set.labels.size());
+    }
 
     double loop_start = seconds_now();
     int first_step = state.step;
@@ -1122,25 +1321,32 @@ template <typename T> int train(const TrainArgs& args) {
     for (int step = state.step; step <= args.max_steps; step++) {
         bool last = step == args.max_steps;
         if (have_val && (step % args.val_every == 0 || last)) {
-            dataloader_seek(&val_loader, 0, 0);
             double sum = 0.0;
-            for (int i = 0; i < args.val_steps; i++) {
-                dataloader_next_batch(&val_loader);
-                gpt_upload_batch(&model, val_loader.inputs.data(), val_loader.targets.data());
+            long predicted = 0, correct = 0;
+            for (int i = 0; batches_next_val(&data, i, args.val_steps); i++) {
+                gpt_upload_batch(&model, data.inputs.data(), data.targets.data());
                 gpt_forward(&model);
                 gpt_loss(&model, 0.0f);
-                sum += gpt_mean_loss(&model);
+                sum += (double)gpt_mean_loss(&model) * model.num_predicted;
+                predicted += model.num_predicted;
+                if (task == TASK_CLASSIFY) correct += gpt_correct_predictions(&model, data.targets.data());
             }
-            printf("val loss %.4f\n", sum / args.val_steps);
-            if (log) { fprintf(log, "s:%d tel:%f\n", step, sum / args.val_steps); fflush(log); }
+            double val_loss = sum / std::max(predicted, 1L);
+            if (task == TASK_CLASSIFY) {
+                printf("val loss %.4f | accuracy %.2f%% (%ld/%ld)\n", val_loss, 100.0 * correct / predicted, correct, predicted);
+                if (log) { fprintf(log, "s:%d tel:%f acc:%f\n", step, val_loss, (double)correct / predicted); fflush(log); }
+            } else {
+                printf("val loss %.4f\n", val_loss);
+                if (log) { fprintf(log, "s:%d tel:%f\n", step, val_loss); fflush(log); }
+            }
         }
-        if (args.sample_every > 0 && (step % args.sample_every == 0 || last) && step > 0) {
+        if (task == TASK_LM && args.sample_every > 0 && (step % args.sample_every == 0 || last) && step > 0) {
             gpt_sample(&model, args.sample_length, args.seed, step, stdout);
         }
         if (!out_dir.empty() && step > first_step && (last || (args.checkpoint_every > 0 && step % args.checkpoint_every == 0))) {
             state.step = step;
-            state.shard = train_loader.shard;
-            state.position = train_loader.position;
+            state.shard = data.train_loader.shard;
+            state.position = data.train_loader.position;
             if (!save_checkpoint(&model, out_dir, state)) fprintf(stderr, "warning: checkpoint at step %d not written\n", step);
         }
         if (last) break;
@@ -1148,11 +1354,11 @@ template <typename T> int train(const TrainArgs& args) {
         gpt_zero_grad(&model);
         double loss = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
-            if (!dataloader_next_batch(&train_loader, (long)step * grad_accum + micro)) return EXIT_FAILURE;
-            gpt_upload_batch(&model, train_loader.inputs.data(), train_loader.targets.data());
+            if (!batches_next_train(&data, (long)step * grad_accum + micro)) return EXIT_FAILURE;
+            gpt_upload_batch(&model, data.inputs.data(), data.targets.data());
             model.micro_step = (uint32_t)(step * grad_accum + micro);
             gpt_forward(&model, args.dropout);
-            gpt_loss(&model, 1.0f / ((float)args.B * args.T * grad_accum));
+            gpt_loss(&model, gpt_grad_scale(&model, grad_accum));
             loss += gpt_mean_loss(&model) / grad_accum;
             gpt_backward(&model);
         }
@@ -1189,8 +1395,8 @@ template <typename T> int train(const TrainArgs& args) {
             printf("stop requested (signal): ");
             if (!out_dir.empty()) {
                 state.step = step + 1;
-                state.shard = train_loader.shard;
-                state.position = train_loader.position;
+                state.shard = data.train_loader.shard;
+                state.position = data.train_loader.position;
                 bool saved = save_checkpoint(&model, out_dir, state);
                 printf("%s at step %d in %s\n", saved ? "checkpoint written" : "checkpoint FAILED", step + 1, out_dir.c_str());
                 if (!saved) return EXIT_FAILURE;

@@ -20,8 +20,8 @@ struct DataLoader {
     std::vector<std::string> files;
     std::vector<uint16_t> tokens;  // the current shard
     int B, T, vocab;
-    int shard;                     // index into files
-    long position;                 // sequential: next token to read; random: batches drawn from this shard
+    int shard = 0;                 // index into files
+    long position = 0;             // sequential: next token to read; random: batches drawn from this shard
     bool random_windows;
     uint32_t seed;
     std::vector<int> inputs, targets;  // (B, T) of the last batch

@@ -35,14 +35,20 @@ HD void mlm_corrupt_token(int token, uint32_t key, uint32_t position, int* input
     }
 }
 
-#ifdef __CUDACC__
-// corrupts a (B*T) batch of token ids in place on the device and writes the MLM targets; one thread per position
-__global__ void mlm_corrupt_kernel(int* tokens, int* targets, int n, uint32_t key) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    int input, target;
-    mlm_corrupt_token(tokens[i], key, (uint32_t)i, &input, &target);
-    tokens[i] = input;
-    targets[i] = target;
+// a masked-LM batch (B, T) from B windows of T - 2 shard tokens (window b starts at windows + b * stride):
+// row b = [CLS] + window b + [SEP], then corrupted with key; returns the number of predicted positions
+inline int mlm_batch(const int* windows, long stride, int B, int T, uint32_t key, int* inputs, int* targets) {
+    int predicted = 0;
+    for (int b = 0; b < B; b++) {
+        int* row = inputs + (long)b * T;
+        row[0] = TOKEN_CLS;
+        for (int t = 1; t < T - 1; t++) row[t] = windows[b * stride + t - 1];
+        row[T - 1] = TOKEN_SEP;
+        for (int t = 0; t < T; t++) {
+            long i = (long)b * T + t;
+            mlm_corrupt_token(row[t], key, (uint32_t)i, &inputs[i], &targets[i]);
+            predicted += targets[i] >= 0;
+        }
+    }
+    return predicted;
 }
-#endif

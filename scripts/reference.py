@@ -418,7 +418,9 @@ class AdamW:
             m_hat = m / (1 - self.b1 ** self.t)
             v_hat = v / (1 - self.b2 ** self.t)
             wd = self.wd if weight_decayed(name) else 0.0
-            p.sub_(self.lr * (m_hat / (torch.sqrt(v_hat) + self.eps) + wd * p))
+            # LSQ steps are scale parameters: relative updates, lr·|s| (kernels/adamw.h says why)
+            rate = self.lr * p.abs() if name == "lsq_steps" else self.lr
+            p.sub_(rate * (m_hat / (torch.sqrt(v_hat) + self.eps) + wd * p))
             p.grad = None
         return norm
 
@@ -471,14 +473,16 @@ def rng_check_inputs(n):
     return 1234 + i % 3, i >> 10, (i * 2654435761) & MASK32
 
 
-def run_mode(cfg, params, idx, targets, mode, task, args, dump, record_layer0):
+def run_mode(cfg, params, idx, targets, mode, task, args, dump, record_layer0, quant_seed=None):
     """10 AdamW steps on one batch; dumps step 0's logits, loss and gradients, and every step's loss.
     task: 'lm' (GPT), 'mlm' (BERT), 'cls' (BERT classifier, targets = labels); records are named
-    '<mode>/...' for lm/mlm and 'cls_<mode>/...' for cls."""
+    '<mode>/...' for lm/mlm and 'cls_<mode>/...' for cls. dump None: only the losses are returned;
+    quant_seed: another seed for the quantizers' stochastic rounding and LSS draws (init unchanged)."""
     prefix = f"cls_{mode}" if task == "cls" else mode
     bert = task in ("mlm", "cls")
     names = PARAM_NAMES + (CLASSIFIER_NAMES if task == "cls" else [])
-    qctx = QuantContext(args.seed, args.hadamard_block, args.keep_ratio) if mode == "int4" else None
+    qseed = args.seed if quant_seed is None else quant_seed
+    qctx = QuantContext(qseed, args.hadamard_block, args.keep_ratio) if mode == "int4" else None
     model = Transformer(cfg, {k: params[k] for k in names}, mode, qctx, bert)
     opt = AdamW(model.params, args.lr, 0.9, 0.95, 1e-8, 0.1, 1.0)
     losses = []
@@ -490,10 +494,10 @@ def run_mode(cfg, params, idx, targets, mode, task, args, dump, record_layer0):
             logits, loss = model.forward_classifier(idx, targets)
         else:
             logits, loss = model.forward(idx, targets)
-        if step == 0 and mode == "int4":
+        if step == 0 and mode == "int4" and dump is not None:
             dump.add(f"{prefix}/lsq_steps", model.params["lsq_steps"])
         loss.backward()
-        if step == 0:
+        if step == 0 and dump is not None:
             dump.add(f"{prefix}/logits", logits)
             dump.add(f"{prefix}/loss", loss)
             for name in names:
@@ -508,8 +512,15 @@ def run_mode(cfg, params, idx, targets, mode, task, args, dump, record_layer0):
                     dump.add(f"int4/l0/{key}", value, dtype)
         losses.append(float(loss.detach()))
         opt.step()
-        print(f"{prefix} step {step}: loss {losses[-1]:.6f}")
-    dump.add(f"{prefix}/losses", torch.tensor(losses, dtype=torch.float32))
+        if dump is not None:
+            print(f"{prefix} step {step}: loss {losses[-1]:.6f}")
+    if dump is not None:
+        dump.add(f"{prefix}/losses", torch.tensor(losses, dtype=torch.float32))
+    if mode == "int4" and dump is not None:
+        # the same 10 steps under 8 other draws of the quantizers' randomness: how far an int4 trajectory
+        # moves when stochastic-rounding / LSS decisions change, which FP32 rounding differences can cause
+        other = [run_mode(cfg, params, idx, targets, mode, task, args, None, False, args.seed + k) for k in range(1, 9)]
+        dump.add(f"{prefix}/losses_resampled", torch.tensor(other, dtype=torch.float32))
     return losses
 
 

@@ -94,3 +94,26 @@ expect_error "model file truncated" "model_trunc.bin: 1028 bytes, but the header
 # output folder that cannot be written (a file where the folder should be)
 touch "$tmp/not_a_dir"
 expect_error "output folder unwritable" "-o $tmp/not_a_dir: cannot write" ./train_int4 -o "$tmp/not_a_dir"
+
+# BERT (-m bert): flags, task files, and model files of the other kind or with another classifier
+printf 'a\tone\nb\ttwo\n' > "$tmp/task_ab.tsv"
+printf 'a\tone\nc\tthree\n' > "$tmp/task_ac.tsv"
+printf 'no tab on this line\n' > "$tmp/task_notab.tsv"
+python3 - "$tmp" <<'PYEOF'
+import struct, sys
+# a BERT model file with a 3-class classifier: maxT 16, V 260, L 1, NH 1, C 8, Vp 384, bert 1, classes 3
+maxT, V, L, NH, C, Vp, K = 16, 260, 1, 1, 8, 384, 3
+n = Vp * C + maxT * C + L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C) + 2 * C + K * C + K
+header = struct.pack("<256i", 20240326, 3, maxT, V, L, NH, C, Vp, 1, K, *([0] * 246))
+open(sys.argv[1] + "/bert_3class.bin", "wb").write(header + b"\0" * 4 * n)
+PYEOF
+expect_error "flag -m neither model nor number" "-m expects gpt, bert or a number of validation batches" ./train_int4 -m bart
+expect_error "flag -f without -m bert" "-f $tmp/task_ab.tsv: fine-tuning a classifier needs -m bert" ./train_int4 -f "$tmp/task_ab.tsv"
+expect_error "flag -F without -f" "-F $tmp/task_ab.tsv needs -f" ./train_int4 -m bert -F "$tmp/task_ab.tsv"
+expect_error "flag BERT sequence too short" "-m bert needs -t >= 3" ./train_int4 -m bert -t 2
+expect_error "task file missing" "nope.tsv: cannot open classification file" ./train_int4 -m bert -f "$tmp/nope.tsv"
+expect_error "task file without tab" "task_notab.tsv:1: expected label<TAB>text" ./train_int4 -m bert -f "$tmp/task_notab.tsv"
+expect_error "task held-out label unknown" "has label 'c', which the training file does not have" ./train_int4 -m bert -f "$tmp/task_ab.tsv" -F "$tmp/task_ac.tsv"
+expect_error "GPT model file with -m bert" "tiny_model.bin is a GPT model; use -m gpt" ./train_int4 -m bert -e "$tmp/tiny_model.bin"
+expect_error "BERT model file without -m bert" "bert_3class.bin is a BERT model; use -m bert" ./train_int4 -e "$tmp/bert_3class.bin" -t 8
+expect_error "classifier classes differ from the task" "has a classifier with 3 classes, $tmp/task_ab.tsv needs 2" ./train_int4 -m bert -e "$tmp/bert_3class.bin" -t 8 -f "$tmp/task_ab.tsv"
