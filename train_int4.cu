@@ -40,24 +40,15 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include "kernels/adamw.h"
 #include "kernels/dataloader.h"
 #include "kernels/checkpoint.h"
+#include "kernels/model_file.h"
 #include "kernels/quant_linear.h"
 #include "kernels/qstats.h"
 #include "kernels/mlm.h"
 #include "kernels/classification_data.h"
 
 // ----------------------------------------------------------------------------------------------------------
-// config
-
-struct GPTConfig {
-    int max_seq_len;        // maxT: rows of wpe
-    int vocab_size;         // V: real tokens (256 bytes, or 50257 GPT-2 BPE)
-    int padded_vocab_size;  // Vp: V rounded up to a multiple of 128 (rows of wte)
-    int num_layers;         // L
-    int num_heads;          // NH
-    int channels;           // C
-    int bert;               // 0: GPT (causal, next-token loss); 1: BERT encoder (bidirectional, [PAD] keys masked)
-    int num_classes;        // BERT with a classifier on [CLS]: its classes (fine-tuning); else 0
-};
+// config: GPTConfig (maxT, V, Vp, L, NH, C, BERT flag, classifier classes), the parameter names and sizes
+// and the precision enum live in kernels/model_file.h with the file readers they size
 
 // what the head on top of the final layernorm computes: GPT's next-token loss, BERT's masked-LM loss (both
 // with the LM head tied to wte), or BERT's [CLS] classifier
@@ -66,17 +57,9 @@ static Task config_task(const GPTConfig& c) {
     return !c.bert ? TASK_LM : c.num_classes > 0 ? TASK_CLASSIFY : TASK_MLM;
 }
 
-enum Precision { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_INT4 = 2 };
-static const char* precision_names[] = {"fp32", "bf16", "int4"};
-
 // ----------------------------------------------------------------------------------------------------------
 // parameters: one allocation, a named pointer per tensor, in llm.c's order (so its checkpoints load), then
 // BERT's classifier head (empty unless num_classes > 0, so GPT files are exactly llm.c's)
-
-#define NUM_PARAMETER_TENSORS 18
-static const char* parameter_names[NUM_PARAMETER_TENSORS] = {
-    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
-    "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "clsw", "clsb"};
 
 template <typename P> struct ParameterTensors {
     P* wte;       // (Vp, C)
@@ -98,14 +81,6 @@ template <typename P> struct ParameterTensors {
     P* clsw;      // (num_classes, C)
     P* clsb;      // (num_classes)
 };
-
-static void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& cfg) {
-    size_t Vp = cfg.padded_vocab_size, C = cfg.channels, maxT = cfg.max_seq_len, L = cfg.num_layers;
-    size_t K = cfg.num_classes;
-    size_t shapes[NUM_PARAMETER_TENSORS] = {Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
-                                            L * C, L * C, L * 4 * C * C, L * 4 * C, L * C * 4 * C, L * C, C, C, K * C, K};
-    memcpy(sizes, shapes, sizeof shapes);
-}
 
 // weight decay applies to the 2-D tensors only (embeddings and matrices)
 static bool parameter_is_decayed(int i) { return i == 0 || i == 1 || i == 4 || i == 6 || i == 10 || i == 12 || i == 16; }
@@ -732,68 +707,7 @@ template <typename T> int gpt_correct_predictions(GPT<T>* model, const int* labe
 
 // ----------------------------------------------------------------------------------------------------------
 // checkpoints: the model in llm.c's format (so its tools read ours and ours read its GPT-2 files) and a
-// state file with everything else needed to resume bit for bit
-
-#define MODEL_MAGIC 20240326
-#define MODEL_VERSION_FP32 3
-#define MODEL_VERSION_BF16 5
-#define STATE_MAGIC 20261124
-#define STATE_VERSION 1
-
-static void model_header(int32_t header[256], const GPTConfig& c, int version) {
-    memset(header, 0, 256 * sizeof(int32_t));
-    header[0] = MODEL_MAGIC;
-    header[1] = version;
-    header[2] = c.max_seq_len;
-    header[3] = c.vocab_size;
-    header[4] = c.num_layers;
-    header[5] = c.num_heads;
-    header[6] = c.channels;
-    header[7] = c.padded_vocab_size;
-    header[8] = c.bert;         // beyond llm.c's fields (0 in its GPT-2 files)
-    header[9] = c.num_classes;
-}
-
-// reads an llm.c model file (version 3 FP32 or 5 BF16) into FP32 host weights
-static bool read_model_file(const char* path, GPTConfig* cfg, std::vector<float>* weights) {
-    int32_t header[256];
-    long file_size;
-    FILE* f = open_checked(path, header, MODEL_MAGIC, "model file", &file_size);
-    if (!f) return false;
-    int version = header[1];
-    *cfg = {header[2], header[3], header[7], header[4], header[5], header[6], header[8], header[9]};
-    bool ok = false;
-    if (version != MODEL_VERSION_FP32 && version != MODEL_VERSION_BF16) {
-        fprintf(stderr, "%s: model version %d, expected 3 (FP32) or 5 (BF16)\n", path, version);
-    } else if (cfg->max_seq_len <= 0 || cfg->vocab_size <= 0 || cfg->padded_vocab_size < cfg->vocab_size ||
-               cfg->num_layers <= 0 || cfg->num_heads <= 0 || cfg->channels <= 0 || cfg->channels % cfg->num_heads ||
-               cfg->channels > 65536 || cfg->num_layers > 1024 || cfg->padded_vocab_size > (1 << 22) ||
-               (cfg->bert != 0 && cfg->bert != 1) || cfg->num_classes < 0 || cfg->num_classes > 65536 ||
-               (cfg->num_classes > 0 && !cfg->bert)) {
-        fprintf(stderr, "%s: implausible model config in the header\n", path);
-    } else {
-        size_t sizes[NUM_PARAMETER_TENSORS], n = 0;
-        fill_parameter_sizes(sizes, *cfg);
-        for (size_t s : sizes) n += s;
-        size_t elem = version == MODEL_VERSION_FP32 ? 4 : 2;
-        if ((size_t)file_size != 1024 + n * elem) {
-            fprintf(stderr, "%s: %ld bytes, but the header's config needs %zu (truncated?)\n", path, file_size, 1024 + n * elem);
-        } else if (elem == 4) {
-            weights->resize(n);
-            ok = read_exact(f, weights->data(), n * 4, path);
-        } else {
-            std::vector<uint16_t> raw(n);
-            ok = read_exact(f, raw.data(), n * 2, path);
-            weights->resize(n);
-            for (size_t i = 0; ok && i < n; i++) {
-                uint32_t bits = (uint32_t)raw[i] << 16;
-                memcpy(&(*weights)[i], &bits, 4);
-            }
-        }
-    }
-    fclose(f);
-    return ok;
-}
+// state file with everything else needed to resume bit for bit (formats and readers: kernels/model_file.h)
 
 struct TrainState {
     int step;            // optimizer steps done
@@ -870,27 +784,10 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
     long file_size;
     FILE* f = open_checked(path, header, STATE_MAGIC, "state file", &file_size);
     if (!f) return false;
-    size_t n;
-    memcpy(&n, &header[14], sizeof n);
-    const GPTConfig& c = model->config;
-    int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
+    size_t n = model->num_parameters + model->num_steps;
     bool ok = false;
-    bool same_model = memcmp(&header[8], config, sizeof config) == 0 && header[16] == c.bert && header[17] == c.num_classes;
-    int precision = model_precision(model);
-    size_t total = model->num_parameters + model->num_steps;
-    if (header[1] != STATE_VERSION) {
-        fprintf(stderr, "%s: state version %d, expected %d\n", path, header[1], STATE_VERSION);
-    } else if (!same_model || n != total) {
-        fprintf(stderr, "%s: model config (maxT %d, V %d, Vp %d, L %d, NH %d, C %d, %s, %d classes) differs from this "
-                "run's flags\n", path, header[8], header[9], header[10], header[11], header[12], header[13],
-                header[16] ? "bert" : "gpt", header[17]);
-    } else if (header[7] != precision) {
-        fprintf(stderr, "%s: written by a %s run, this run is %s (-p)\n", path,
-                header[7] >= 0 && header[7] < 3 ? precision_names[header[7]] : "?", precision_names[precision]);
-    } else if ((size_t)file_size != 1024 + 3 * n * 4) {
-        fprintf(stderr, "%s: %ld bytes, expected %zu (truncated?)\n", path, file_size, 1024 + 3 * n * 4);
-    } else {
-        std::vector<float> buffer(n);  // n == total here
+    if (state_header_check(header, file_size, model->config, model_precision(model), n, path)) {
+        std::vector<float> buffer(n);
         ok = true;
         float* targets[3] = {model->master_memory, model->m_memory, model->v_memory};
         for (int i = 0; i < 3 && ok; i++) {
@@ -960,6 +857,7 @@ struct TrainArgs {
     int val_every = 250, val_steps = 20, sample_every = 500, sample_length = 256;
     int checkpoint_every = 0, resume = 0;
     int max_bad_steps = 5;             // consecutive non-finite steps before stopping
+    float spike_zscore = 0.0f;         // skip updates whose loss or grad norm z-score exceeds this (0 = off)
     int qstats_every = 0;              // INT4 telemetry every N steps (0 = off)
     int vocab = 256;
     uint32_t seed = 1337;
@@ -996,6 +894,8 @@ static void print_usage(void) {
            "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
            "  -K <int>    stop after K steps in a row with a NaN/Inf loss or gradient norm (skipped)   default 5\n"
+           "  -S <float>  skip updates whose loss or grad norm is a spike: z-score above this over the last 128\n"
+           "              steps (0 = off)                   default 0\n"
            "  -p <mode>   precision: fp32 | bf16 | int4      default bf16\n"
            "  -q <int>    INT4: Hadamard block size 16 | 32 | 64 | 128        default 32\n"
            "  -r <float>  INT4: LSS keep ratio in (0, 1] (1 = exact bit split)  default 0.5\n"
@@ -1083,6 +983,7 @@ static TrainArgs parse_args(int argc, char** argv) {
             case 'n': need_int(0, 1 << 30); a.checkpoint_every = (int)n; break;
             case 'y': need_int(0, 1); a.resume = (int)n; break;
             case 'K': need_int(1, 1 << 30); a.max_bad_steps = (int)n; break;
+            case 'S': need_float(0.0f, 1e6f); a.spike_zscore = f; break;
             case 'Q': need_int(0, 1 << 30); a.qstats_every = (int)n; break;
             case 'V': need_int(2, 1 << 22); a.vocab = (int)n; break;
             case 'z': need_int(0, 0xffffffffL); a.seed = (uint32_t)n; break;
@@ -1146,9 +1047,33 @@ static bool parse_model_descriptor(const char* s, GPTConfig* cfg, int vocab, int
 static volatile sig_atomic_t stop_requested = 0;
 static void request_stop(int) { stop_requested = 1; }
 
-// fault injection for the tests: TRAIN_INT4_FAULT_NAN_STEPS="3,4" poisons those steps' gradients with a NaN
-static bool fault_nan_at(int step) {
-    const char* steps = getenv("TRAIN_INT4_FAULT_NAN_STEPS");
+// spikes: z-score of a value against the last SPIKE_WINDOW accepted ones (llm.c's skip flags), once
+// SPIKE_MIN_HISTORY are there; rejected values stay out of the window so a spike cannot hide the next one
+#define SPIKE_WINDOW 128
+#define SPIKE_MIN_HISTORY 32
+struct SpikeDetector {
+    std::vector<double> window;
+    size_t next = 0;
+    double zscore(double x) const {
+        if (window.size() < SPIKE_MIN_HISTORY) return 0.0;
+        double mean = 0.0, var = 0.0;
+        for (double v : window) mean += v;
+        mean /= window.size();
+        for (double v : window) var += (v - mean) * (v - mean);
+        double std = sqrt(var / window.size());
+        return std > 0.0 ? (x - mean) / std : 0.0;
+    }
+    void add(double x) {
+        if (window.size() < SPIKE_WINDOW) { window.push_back(x); return; }
+        window[next] = x;
+        next = (next + 1) % SPIKE_WINDOW;
+    }
+};
+
+// fault injection for the tests: TRAIN_INT4_FAULT_NAN_STEPS="3,4" poisons those steps' gradients with a NaN,
+// TRAIN_INT4_FAULT_SPIKE_STEPS="40" sets one gradient of those steps to 1e6 (a grad-norm spike)
+static bool fault_at(const char* variable, int step) {
+    const char* steps = getenv(variable);
     for (const char* c = steps; c && *c;) {
         char* end;
         long v = strtol(c, &end, 10);
@@ -1315,7 +1240,8 @@ template <typename T> int train(const TrainArgs& args) {
 
     double loop_start = seconds_now();
     int first_step = state.step;
-    int skipped = 0, skipped_before_streak = 0;
+    int skipped = 0, skipped_before_streak = 0, spikes = 0;
+    SpikeDetector loss_spikes, norm_spikes;
     signal(SIGINT, request_stop);
     signal(SIGTERM, request_stop);
     for (int step = state.step; step <= args.max_steps; step++) {
@@ -1363,9 +1289,9 @@ template <typename T> int train(const TrainArgs& args) {
             gpt_backward(&model);
         }
         if (qstats_log && step % args.qstats_every == 0) gpt_qstats(&model, step, qstats_log);
-        if (fault_nan_at(step + 1)) {
-            float nan = NAN;
-            cudaCheck(cudaMemcpy(model.grads_memory, &nan, sizeof nan, cudaMemcpyHostToDevice));
+        if (fault_at("TRAIN_INT4_FAULT_NAN_STEPS", step + 1) || fault_at("TRAIN_INT4_FAULT_SPIKE_STEPS", step + 1)) {
+            float poison = fault_at("TRAIN_INT4_FAULT_NAN_STEPS", step + 1) ? NAN : 1e6f;
+            cudaCheck(cudaMemcpy(model.grads_memory, &poison, sizeof poison, cudaMemcpyHostToDevice));
         }
         float lr = learning_rate_at(step, args.warmup, args.max_steps, args.learning_rate, args.final_lr_fraction);
         float norm = gpt_grad_norm(&model);
@@ -1381,6 +1307,16 @@ template <typename T> int train(const TrainArgs& args) {
             continue;
         }
         skipped_before_streak = skipped;
+        double loss_z = loss_spikes.zscore(loss), norm_z = norm_spikes.zscore(norm);
+        if (args.spike_zscore > 0.0f && (loss_z > args.spike_zscore || norm_z > args.spike_zscore)) {
+            spikes++;
+            printf("step %5d/%d | loss %f | norm %f | update skipped: spike (loss z-score %.1f, grad norm z-score %.1f, "
+                   "limit %.1f; %d spikes in all)\n", step + 1, args.max_steps, loss, norm, loss_z, norm_z,
+                   args.spike_zscore, spikes);
+            continue;
+        }
+        loss_spikes.add(loss);
+        norm_spikes.add(norm);
         gpt_update(&model, opt, lr, step + 1);
         cudaCheck(cudaStreamSynchronize(model.stream));
         double dt = seconds_now() - t0;

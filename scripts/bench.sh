@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# `make bench`: BF16 training throughput and GPU memory at GPT-2 shapes (vocab 50257 padded to 50304, random
-# tokens, T = 1024): d12 B=32, d24 B=16, d36 B=8, mean tok/s over steps 11-30. Needs a GPU; prints a table.
+# `make bench`: the kernels (dev/ programs: INT4 GEMM vs cuBLASLt BF16 and INT8, the whole quantized layer,
+# Hadamard-quantize, bit split + LSS; PART=kernels for these only), then BF16 training throughput and GPU
+# memory at GPT-2 shapes (vocab 50257 padded to 50304, random tokens, T = 1024): d12 B=32, d24 B=16, d36 B=8,
+# mean tok/s over steps 11-30 (PART=train for these only). Needs a GPU; prints tables.
 # PRECISION=int4 measures the INT4 mode; MODELS="d12:32" picks shapes; STEPS (default 30) the step count.
 # The anchors to compare with (same H100 kind, issue 8): PyTorch 2.11 torch.compile 487,300 / 176,300 /
 # 75,100 tok/s; llm.c without cuDNN 327,800 / 122,200 / 56,900; llm.c with cuDNN 522,000 / 191,600 / 84,100.
 set -eu
 cd "$(dirname "$0")/.."
+if [ "${PART:-all}" != train ]; then
+    ./dev/int4_gemm
+    ./dev/hq_linear
+    ./dev/hadamard_quantize
+    ./dev/bitsplit_lss
+fi
+[ "${PART:-all}" = kernels ] && exit 0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 - "$tmp/random.bin" <<'PYEOF'
 import random, struct, sys

@@ -47,8 +47,14 @@ run "bad inputs" bash scripts/test_bad_inputs.sh
 run "faults (GPU)" bash scripts/test_faults.sh
 run "host tools under sanitizers" bash scripts/test_sanitized_tools.sh
 run "fuzzing the loaders" bash scripts/run_fuzzers.sh
-for t in dev/test_*.cu; do
-    [ -e "$t" ] && run "${t%.cu}" "./${t%.cu}"
+# every dev/ kernel program validates each of its versions against its CPU reference with --check (GPU)
+for src in dev/*.cu; do
+    prog=${src%.cu}
+    if nvidia-smi -L >/dev/null 2>&1; then
+        run "$prog --check" "./$prog" --check
+    else
+        run "$prog --check" echo "SKIP $prog --check: no CUDA device"
+    fi
 done
 
 echo "$passed passed, $failed failed, $skipped skipped"

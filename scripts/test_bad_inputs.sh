@@ -52,6 +52,7 @@ expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" ./tr
 expect_error "flag heads not dividing width" "NH dividing C" ./train_int4 -e 2:64:5
 expect_error "flag bad model descriptor" "use d1..d12" ./train_int4 -e d13
 expect_error "flag qstats without int4" "-qstats needs -p int4 and -o" ./train_int4 -qstats 10
+expect_error "flag negative spike limit" "-S expects a number in \[0, 1e+06\], got '-1'" ./train_int4 -S -1
 expect_error "flag resume without -o" "-y 1 needs -o" ./train_int4 -y 1
 
 # token shards: missing, empty, short header, wrong magic, wrong version, truncated, token >= vocab, too few tokens

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Faults, on a GPU (SKIP without one): NaN gradients are skipped and counted, K in a row stop the run;
+# a gradient spike is skipped when -S is set;
 # SIGTERM finishes the step, writes a checkpoint and exits 0, and the run resumes from it; SIGKILL while
 # checkpoints are being written leaves the latest complete checkpoint loadable; a full disk keeps the old one.
 set -u
 cd "$(dirname "$0")/.."
 if ! nvidia-smi -L >/dev/null 2>&1; then
-    for t in "NaN update skipped" "K NaN steps stop the run" "SIGTERM checkpoint and resume" "SIGKILL during checkpoint writes" "disk full keeps the old checkpoint"; do
+    for t in "NaN update skipped" "K NaN steps stop the run" "gradient spike skipped" "SIGTERM checkpoint and resume" "SIGKILL during checkpoint writes" "disk full keeps the old checkpoint"; do
         echo "SKIP $t: no CUDA device"
     done
     exit 0
@@ -23,6 +24,12 @@ out=$(TRAIN_INT4_FAULT_NAN_STEPS=2,3,4 ./train_int4 -x 10 -K 3 $small 2>&1); rc=
 if [ $rc -ne 0 ] && grep -q "3 steps in a row had a non-finite loss" <<<"$out"; then
     ok "K NaN steps stop the run: $(tail -n 1 <<<"$out" | cut -c1-100)"
 else bad "K NaN steps stop the run: exit $rc"; fi
+
+out=$(TRAIN_INT4_FAULT_SPIKE_STEPS=40 ./train_int4 -x 45 -S 6 $small 2>&1); rc=$?
+if [ $rc -eq 0 ] && grep -q "step    40/45 .*update skipped: spike .*1 spikes in all" <<<"$out" && \
+   [ "$(grep -c "update skipped" <<<"$out")" -eq 1 ] && grep -q "step    45/45 | loss [0-9]" <<<"$out"; then
+    ok "gradient spike skipped: $(grep -o "grad norm z-score [0-9.]*" <<<"$out" | head -1) at step 40 (limit 6), no other step skipped"
+else bad "gradient spike skipped: exit $rc"; grep "skipped" <<<"$out" | head -3; fi
 
 ./train_int4 -x 100000 $small -o "$tmp/sig" > "$tmp/sig.log" 2>&1 &
 pid=$!; sleep 10; kill -TERM $pid; wait $pid; rc=$?

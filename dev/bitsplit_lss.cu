@@ -1,0 +1,723 @@
+/*
+The row-wise steps of the BS + LSS backward (../shared/method.md) that come before its INT8 GEMMs:
+(a) per-row bit split of ∇Y (rows x M, BF16): scale_r = bitsplit_scale(max_c |g_rc|), operand = 14·high + low =
+    bitsplit_value(g, scale_r, u) with u = rng_uniform_from_bits(rng_hash_keyed(key, r·M + c)): the INT8 operand of
+    the ∇X GEMM and one FP32 scale per row, equal to bitsplit_cpu (kernels/int4_reference.h) bit for bit;
+(b) leverage score sampling of the token rows of the ∇W GEMM: score_i = ‖∇Y_i‖·‖X̂_i‖ with X̂ = |s_x|·codes,
+    water-filled p_i = min(1, c·score_i) with Σp = ρ·rows, keep row i if u_i < p_i, and the kept row indices
+    compacted in increasing order with their p_i (the 1/p_i factor is applied downstream as a division by p_i, as
+    lss_scale_kept_rows_cpu does: dy/p and dy·fl(1/p) differ in the last bit). All on the GPU, no host round trip.
+
+Scores sum their squares in FP64, like lss_scores_cpu: every term (a BF16 or a |s_x|·code rounded to FP32, squared)
+is exact in FP64, so the GPU and the CPU differ only in the order of the sums, ~1e-16 relative. Water-filling on the
+GPU (lss_keep_rows_kernel) is Newton's method on f(c) = Σ min(1, c·score_i) = ρ·rows from c = ρ·rows / Σ score:
+each step is c ← (ρ·rows − #clamped) / Σ unclamped scores. f is concave and increasing, so the iterates rise to the
+solution, the clamped set (c·score > 1) only grows, and a step that adds no row ends it: at most rows + 1 steps,
+a handful in practice. Sums in FP64 as lss_probabilities_cpu; c matches its sorted computation to ~1e-15.
+
+Compile: make dev/bitsplit_lss GPU_ARCH="80 90a"
+Run:     ./dev/bitsplit_lss [version]   validate, then time rows = 16384 with (M, K) = (768, 3072) and (3072, 768)
+         ./dev/bitsplit_lss --check     both versions on small shapes, several keep ratios: PASS/FAIL lines
+
+version 1: bit split with one block per row and two passes over the row in global memory; scores with one block per
+           row, scalar loads (the layout of kernels/quant_linear.h, with FP64 score sums)
+version 2: bit split with one warp per row, the row held in registers (read once with 16-byte loads, operands
+           written 8 per 8-byte store); scores with one warp per row, 16-byte loads, and the 16 possible x̂² read
+           from a shared-memory table instead of a conversion, a multiply and a widening per code
+both:      water-filling, Bernoulli keep and stable compaction in one single-block kernel
+*/
+#include <string.h>
+#include <vector>
+#include "../kernels/common.h"
+#include "../kernels/int4_math.h"
+#include "../kernels/int4_reference.h"
+#include "../kernels/rng.h"
+
+#define FULL_MASK 0xffffffffu
+
+// ----------------------------------------------------------------------------------------------------------------
+// CPU reference (kernels/int4_reference.h)
+
+// per-row bit split of dy (rows x M): INT8 operands and one scale per row
+void bitsplit_rows_cpu(int8_t* operand, float* row_scale, const float* dy, int rows, int M, uint32_t seed, uint32_t stream) {
+    bitsplit_cpu(dy, rows, M, true, seed, stream, operand, nullptr, nullptr, row_scale);
+}
+
+// LSS of the rows: scores (FP64 sums), water-filled probabilities and the Bernoulli keep flags, as the CPU
+// backward (lss_linear_backward_cpu) computes them; x̂ = code·|s_x| rounded to FP32
+void lss_cpu(float* scores, float* probs, uint8_t* keep, const float* dy, int M, const int8_t* codes, int K,
+             float step_x, int rows, float keep_ratio, uint32_t seed, uint32_t stream) {
+    std::vector<float> x_hat((size_t)rows * K);
+    for (size_t e = 0; e < x_hat.size(); e++) x_hat[e] = (float)codes[e] * fabsf(step_x);
+    lss_scores_cpu(dy, M, x_hat.data(), K, rows, scores);
+    lss_probabilities_cpu(scores, rows, keep_ratio, probs);
+    lss_keep_cpu(probs, rows, seed, stream, keep);
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Device helpers
+
+// 8 BF16 values (16 bytes, element 0 in the lowest bits) widened to FP32: a BF16 is the top half of its FP32
+// value, so the shift is exact (what __bfloat162float does)
+__device__ __forceinline__ void unpack_bf16x8(float* out, uint4 bits) {
+    const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+}
+
+// the sum of v over the warp, in every lane (xor butterfly: partners add the same two numbers, so all lanes agree)
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(FULL_MASK, v, offset);
+    return v;
+}
+
+// (count, sum) over the block, returned to every thread: warp sums, then the warp totals added in warp order by
+// every thread (a fixed order, so the result is the same in every run); shared_* hold 32 entries each
+__device__ void block_count_sum(int* count, double* sum, int* shared_count, double* shared_sum) {
+    int c = *count;
+    double s = warp_sum(*sum);
+    for (int offset = 16; offset > 0; offset /= 2) c += __shfl_xor_sync(FULL_MASK, c, offset);
+    if (threadIdx.x % 32 == 0) {
+        shared_count[threadIdx.x / 32] = c;
+        shared_sum[threadIdx.x / 32] = s;
+    }
+    __syncthreads();
+    c = 0;
+    s = 0.0;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) {
+        c += shared_count[w];
+        s += shared_sum[w];
+    }
+    __syncthreads();  // shared_* may be reused at once
+    *count = c;
+    *sum = s;
+}
+
+// how many threads before this one in the block have flag set; *total = how many in the whole block
+__device__ int block_exclusive_count(bool flag, int* total, int* shared_count) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    unsigned ballot = __ballot_sync(FULL_MASK, flag);
+    if (lane == 0) shared_count[warp] = __popc(ballot);
+    __syncthreads();
+    int before = __popc(ballot & ((1u << lane) - 1)), all = 0;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) {
+        if (w < warp) before += shared_count[w];
+        all += shared_count[w];
+    }
+    __syncthreads();
+    *total = all;
+    return before;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Kernels: bit split
+
+// v1: per-row bit split (operand and scale); one block per row: a first pass finds max |g| by a block reduction, a
+// second pass reads the row again and writes one operand per thread and column
+__global__ void bitsplit_rows_kernel1(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int M, uint32_t key) {
+    __shared__ float shared[32];
+    long row = blockIdx.x;
+    const __nv_bfloat16* g = dy + row * M;
+    float absmax = 0.0f;
+    for (int c = threadIdx.x; c < M; c += blockDim.x) absmax = fmaxf(absmax, fabsf(__bfloat162float(g[c])));
+    for (int offset = 16; offset > 0; offset /= 2) absmax = fmaxf(absmax, __shfl_xor_sync(FULL_MASK, absmax, offset));
+    if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = absmax;
+    __syncthreads();
+    absmax = 0.0f;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) absmax = fmaxf(absmax, shared[w]);
+    float scale = bitsplit_scale(absmax);
+    if (threadIdx.x == 0) row_scale[row] = scale;
+    for (int c = threadIdx.x; c < M; c += blockDim.x) {
+        float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)(row * M + c)));
+        operand[row * M + c] = (int8_t)bitsplit_value(__bfloat162float(g[c]), scale, u, nullptr, nullptr);
+    }
+}
+
+// v2: per-row bit split (operand and scale); one warp per row, the row read once into registers: lane l holds the
+// 16-byte slots s·32 + l (values 8(s·32 + l) .. +7, coalesced), max |g| by warp shuffles (max is exact in any
+// order), then 8 operands per lane and slot in one 8-byte store
+template <int SLOTS>
+__global__ void bitsplit_rows_kernel2(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int rows, int M,
+                                      uint32_t key) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint4* src = reinterpret_cast<const uint4*>(dy + (long)row * M);
+    uint4 slots[SLOTS];
+    float absmax = 0.0f;
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++) {
+        if ((s * 32 + lane) * 8 >= M) continue;
+        slots[s] = src[s * 32 + lane];
+        float g[8];
+        unpack_bf16x8(g, slots[s]);
+#pragma unroll
+        for (int i = 0; i < 8; i++) absmax = fmaxf(absmax, fabsf(g[i]));
+    }
+    for (int offset = 16; offset > 0; offset /= 2) absmax = fmaxf(absmax, __shfl_xor_sync(FULL_MASK, absmax, offset));
+    float scale = bitsplit_scale(absmax);
+    if (lane == 0) row_scale[row] = scale;
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++) {
+        int col = (s * 32 + lane) * 8;
+        if (col >= M) continue;
+        float g[8];
+        unpack_bf16x8(g, slots[s]);
+        uint32_t words[2] = {0, 0};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)((long)row * M + col + i)));
+            int op = bitsplit_value(g[i], scale, u, nullptr, nullptr);
+            words[i / 4] |= (uint32_t)(uint8_t)op << (8 * (i % 4));
+        }
+        *reinterpret_cast<uint2*>(operand + (long)row * M + col) = make_uint2(words[0], words[1]);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Kernels: LSS
+
+// v1: LSS scores ‖dy_i‖·‖x̂_i‖ (x̂ = FP32 code·|s_x|; squares summed in FP64, as lss_scores_cpu); one block per
+// row, each thread summing a strided share of the row with scalar loads, then a block reduction of both sums
+__global__ void lss_scores_kernel1(float* scores, const __nv_bfloat16* dy, int M, const int8_t* codes, int K,
+                                   const float* step_x) {
+    __shared__ double shared[2][32];
+    long row = blockIdx.x;
+    float step_abs = fabsf(*step_x);
+    double dy_sq = 0.0, x_sq = 0.0;
+    for (int c = threadIdx.x; c < M; c += blockDim.x) {
+        float g = __bfloat162float(dy[row * M + c]);
+        dy_sq += (double)g * g;
+    }
+    for (int c = threadIdx.x; c < K; c += blockDim.x) {
+        float x_hat = F32_MUL((float)codes[row * K + c], step_abs);
+        x_sq += (double)x_hat * x_hat;
+    }
+    dy_sq = warp_sum(dy_sq);
+    x_sq = warp_sum(x_sq);
+    if (threadIdx.x % 32 == 0) {
+        shared[0][threadIdx.x / 32] = dy_sq;
+        shared[1][threadIdx.x / 32] = x_sq;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        dy_sq = x_sq = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++) {
+            dy_sq += shared[0][w];
+            x_sq += shared[1][w];
+        }
+        scores[row] = (float)(sqrt(dy_sq) * sqrt(x_sq));
+    }
+}
+
+// v2: LSS scores as v1; one warp per row, 16-byte loads (8 dy values, 16 codes per lane and step). A code has 16
+// possible values, so the 16 squares (double)(code·|s_x|)² sit in a shared table indexed by the code's low nibble
+__global__ void lss_scores_kernel2(float* scores, const __nv_bfloat16* dy, int rows, int M, const int8_t* codes, int K,
+                                   const float* step_x) {
+    __shared__ double code_square[16];
+    if (threadIdx.x < 16) {
+        int code = threadIdx.x < 8 ? (int)threadIdx.x : (int)threadIdx.x - 16;  // the INT4 whose low nibble is threadIdx.x
+        float x_hat = F32_MUL((float)code, fabsf(*step_x));
+        code_square[threadIdx.x] = (double)x_hat * x_hat;
+    }
+    __syncthreads();
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint4* dy_row = reinterpret_cast<const uint4*>(dy + (long)row * M);
+    const uint4* codes_row = reinterpret_cast<const uint4*>(codes + (long)row * K);
+    double dy_sq = 0.0, x_sq = 0.0;
+    for (int s = lane; s < M / 8; s += 32) {
+        float g[8];
+        unpack_bf16x8(g, dy_row[s]);
+#pragma unroll
+        for (int i = 0; i < 8; i++) dy_sq += (double)g[i] * g[i];
+    }
+    for (int s = lane; s < K / 16; s += 32) {
+        uint4 bits = codes_row[s];
+        const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+#pragma unroll
+        for (int i = 0; i < 16; i++) x_sq += code_square[(words[i / 4] >> (8 * (i % 4))) & 15];
+    }
+    dy_sq = warp_sum(dy_sq);
+    x_sq = warp_sum(x_sq);
+    if (lane == 0) scores[row] = (float)(sqrt(dy_sq) * sqrt(x_sq));
+}
+
+#define KEEP_ROWS_THREADS 1024
+
+// LSS selection: probs[i] = min(1, c·score_i) with c water-filled so that Σp = keep_ratio·rows (Newton's method, FP64,
+// see the header), keep row i if u_i < p_i, kept rows compacted in index order into kept_rows / kept_probs.
+// One block: every pass strides the rows over the threads; compaction goes tile by tile with a block-wide count.
+__global__ void lss_keep_rows_kernel(float* probs, int* kept_rows, float* kept_probs, int* n_kept, int* n_iterations,
+                                     const float* scores, int rows, float keep_ratio, uint32_t key) {
+    __shared__ int shared_count[32];
+    __shared__ double shared_sum[32];
+    double target = (double)keep_ratio * rows;
+    int positive = 0;
+    double total = 0.0;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+        if (scores[i] > 0.0f) {
+            positive++;
+            total += scores[i];
+        }
+    }
+    block_count_sum(&positive, &total, shared_count, shared_sum);
+    bool keep_every_positive_row = positive <= target;  // lss_probabilities_cpu: then every nonzero row gets p = 1
+    double c = 0.0;
+    int iterations = 0;
+    if (!keep_every_positive_row) {
+        int clamped = 0;
+        double unclamped_sum = total;
+        while (true) {
+            c = (target - clamped) / unclamped_sum;
+            int next_clamped = 0;
+            double next_unclamped_sum = 0.0;
+            for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+                if (!(scores[i] > 0.0f)) continue;  // the rows counted as positive above (a NaN score is not)
+                double s = scores[i];
+                if (c * s > 1.0) {
+                    next_clamped++;
+                } else {
+                    next_unclamped_sum += s;
+                }
+            }
+            block_count_sum(&next_clamped, &next_unclamped_sum, shared_count, shared_sum);
+            iterations++;
+            if (next_clamped <= clamped) break;  // no row joined the clamped set: c is the water level
+            clamped = next_clamped;
+            unclamped_sum = next_unclamped_sum;
+        }
+    }
+    int kept = 0;
+    for (int tile = 0; tile < rows; tile += blockDim.x) {
+        int i = tile + threadIdx.x;
+        float p = 0.0f;
+        bool keep = false;
+        if (i < rows) {
+            float s = scores[i];
+            p = keep_every_positive_row ? (s > 0.0f ? 1.0f : 0.0f) : (float)fmin(1.0, c * (double)s);
+            probs[i] = p;
+            keep = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)i)) < p;
+        }
+        int kept_in_tile;
+        int position = kept + block_exclusive_count(keep, &kept_in_tile, shared_count);
+        if (keep) {
+            kept_rows[position] = i;
+            kept_probs[position] = p;
+        }
+        kept += kept_in_tile;
+    }
+    if (threadIdx.x == 0) {
+        *n_kept = kept;
+        *n_iterations = iterations;
+    }
+}
+
+// the bandwidth ceiling: out = in for n_vectors x 16 bytes; one thread per 16-byte vector
+__global__ void copy_kernel(uint4* out, const uint4* in, long n_vectors) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n_vectors) out[i] = in[i];
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Launchers
+
+#define ROWS_PER_BLOCK 4  // warps (rows) per block of the warp-per-row kernels
+
+void bitsplit_rows1(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int rows, int M, uint32_t key) {
+    bitsplit_rows_kernel1<<<rows, 256>>>(operand, row_scale, dy, M, key);
+}
+
+template <int SLOTS>
+void launch_bitsplit_rows2(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int rows, int M, uint32_t key) {
+    bitsplit_rows_kernel2<SLOTS><<<CEIL_DIV(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK>>>(operand, row_scale, dy, rows, M, key);
+}
+
+// the row must fit the registers: M <= 4096 (SLOTS = 16 slots of 8 values per lane), M a multiple of 8
+void bitsplit_rows2(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int rows, int M, uint32_t key) {
+    int slots = CEIL_DIV(M, 256);
+    if (M % 8 != 0 || slots > 16) { fprintf(stderr, "bit split v2 needs M <= 4096, a multiple of 8 (M = %d)\n", M); exit(EXIT_FAILURE); }
+    if (slots <= 3) {
+        launch_bitsplit_rows2<3>(operand, row_scale, dy, rows, M, key);
+    } else if (slots <= 6) {
+        launch_bitsplit_rows2<6>(operand, row_scale, dy, rows, M, key);
+    } else if (slots <= 12) {
+        launch_bitsplit_rows2<12>(operand, row_scale, dy, rows, M, key);
+    } else {
+        launch_bitsplit_rows2<16>(operand, row_scale, dy, rows, M, key);
+    }
+}
+
+void bitsplit_rows(int version, int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int rows, int M, uint32_t key) {
+    switch (version) {
+        case 1: bitsplit_rows1(operand, row_scale, dy, rows, M, key); break;
+        case 2: bitsplit_rows2(operand, row_scale, dy, rows, M, key); break;
+        default: fprintf(stderr, "version must be 1 or 2 (got %d)\n", version); exit(EXIT_FAILURE);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+// version 2 needs M a multiple of 8 and K of 16 (16-byte aligned rows)
+void lss_scores(int version, float* scores, const __nv_bfloat16* dy, int rows, int M, const int8_t* codes, int K,
+                const float* step_x) {
+    switch (version) {
+        case 1: lss_scores_kernel1<<<rows, 256>>>(scores, dy, M, codes, K, step_x); break;
+        case 2:
+            if (M % 8 != 0 || K % 16 != 0) { fprintf(stderr, "scores v2 need M %% 8 == 0, K %% 16 == 0\n"); exit(EXIT_FAILURE); }
+            lss_scores_kernel2<<<CEIL_DIV(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK>>>(scores, dy, rows, M, codes, K, step_x);
+            break;
+        default: fprintf(stderr, "version must be 1 or 2 (got %d)\n", version); exit(EXIT_FAILURE);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+void lss_keep_rows(float* probs, int* kept_rows, float* kept_probs, int* n_kept, int* n_iterations, const float* scores,
+                   int rows, float keep_ratio, uint32_t key) {
+    lss_keep_rows_kernel<<<1, KEEP_ROWS_THREADS>>>(probs, kept_rows, kept_probs, n_kept, n_iterations, scores, rows, keep_ratio, key);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Test data
+
+const uint32_t SEED = 42, MICRO_STEP = 3, LINEAR_INDEX = 5;
+
+template <typename T>
+T* to_device(const std::vector<T>& host) {
+    T* d;
+    cudaCheck(cudaMalloc(&d, host.size() * sizeof(T)));
+    cudaCheck(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+
+template <typename T>
+std::vector<T> to_host(const T* d, size_t n) {
+    std::vector<T> host(n);
+    cudaCheck(cudaMemcpy(host.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+}
+
+// ∇Y (rows x M, BF16) with row norms spread like real gradients (a log-normal factor per row, so water-filling
+// clamps the largest rows) and every 16th row zero (scale 0, score 0); host copy as FP32
+struct Gradient {
+    std::vector<float> host;
+    __nv_bfloat16* device;
+};
+
+Gradient make_gradient(int rows, int M) {
+    std::vector<__nv_bfloat16> bf16((size_t)rows * M);
+    Gradient dy{std::vector<float>(bf16.size()), nullptr};
+    uint32_t key = rng_key(SEED, 100);
+    for (int r = 0; r < rows; r++) {
+        float row_factor = r % 16 == 5 ? 0.0f : 1e-3f * expf(1.5f * rng_normal(key, (uint32_t)r));
+        for (int c = 0; c < M; c++) {
+            size_t i = (size_t)r * M + c;
+            bf16[i] = host_float_to_bf16(row_factor * rng_normal(key ^ 0x9e3779b9u, (uint32_t)i));
+            dy.host[i] = __bfloat162float(bf16[i]);
+        }
+    }
+    dy.device = to_device(bf16);
+    return dy;
+}
+
+// INT4 codes of X̃ (rows x K, one per byte), uniform in [-8, 7], every 32nd row zero
+std::vector<int8_t> make_codes(int rows, int K) {
+    std::vector<int8_t> codes((size_t)rows * K);
+    uint32_t key = rng_key(SEED, 101);
+    for (int r = 0; r < rows; r++) {
+        for (int k = 0; k < K; k++) {
+            size_t i = (size_t)r * K + k;
+            codes[i] = r % 32 == 7 ? 0 : (int8_t)((int)(rng_hash_keyed(key, (uint32_t)i) % 16) - 8);
+        }
+    }
+    return codes;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Validation
+
+// bit split of one version against the CPU: operands and scales must be identical (outputs start as the
+// complement of the expected bytes, so anything left unwritten differs)
+bool bitsplit_matches_reference(int version, const Gradient& dy, int rows, int M) {
+    uint32_t stream = rng_stream_train(MICRO_STEP, LINEAR_INDEX, RNG_USE_DX_ROUND);
+    std::vector<int8_t> expected_operand((size_t)rows * M), operand_init(expected_operand.size());
+    std::vector<float> expected_scale(rows), scale_init(rows);
+    bitsplit_rows_cpu(expected_operand.data(), expected_scale.data(), dy.host.data(), rows, M, SEED, stream);
+    for (size_t i = 0; i < operand_init.size(); i++) operand_init[i] = (int8_t)~expected_operand[i];
+    for (int r = 0; r < rows; r++) scale_init[r] = -1.0f - expected_scale[r];
+    int8_t* d_operand = to_device(operand_init);
+    float* d_scale = to_device(scale_init);
+    bitsplit_rows(version, d_operand, d_scale, dy.device, rows, M, rng_key(SEED, stream));
+    std::vector<int8_t> operand = to_host(d_operand, operand_init.size());
+    std::vector<float> scale = to_host(d_scale, rows);
+    cudaCheck(cudaFree(d_operand));
+    cudaCheck(cudaFree(d_scale));
+    for (int r = 0; r < rows; r++) {
+        if (memcmp(&scale[r], &expected_scale[r], sizeof(float)) != 0) {
+            printf("  row %d: scale %.9g, expected %.9g\n", r, scale[r], expected_scale[r]);
+            return false;
+        }
+    }
+    for (size_t i = 0; i < operand.size(); i++) {
+        if (operand[i] != expected_operand[i]) {
+            printf("  operand (%zu, %zu): %d, expected %d\n", i / M, i % M, operand[i], expected_operand[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+// distance in units in the last place between two non-negative floats (their bit patterns are ordered)
+long ulp_distance(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    return labs((long)ia - (long)ib);
+}
+
+// Tolerances. GPU and CPU form the same exact FP64 terms and differ only in summation order (~M·2^-53 relative),
+// so a score rounds to a different float only when its FP64 value sits that close to a rounding boundary: <= 1 ulp,
+// and rarely. c inherits ~1e-15 relative from sums of the same kind, so p = float(min(1, c·score)) can move by the
+// score's ulp plus its own rounding: <= 2 ulps. A keep decision u < p may then differ only where u lies within
+// 2 ulps of p; such rows are counted and skipped, every other row must be decided alike.
+const long SCORE_ULPS = 1, PROB_ULPS = 2;
+
+// LSS of one version against the CPU: scores and probabilities within the tolerances above; the GPU's kept list
+// exactly {i : u_i < p_i} of its own probabilities, increasing, with their p; the same kept set as the CPU except
+// for rows whose u is within PROB_ULPS of p. Prints one line of statistics.
+bool lss_matches_reference(int version, const Gradient& dy, int M, const std::vector<int8_t>& codes, int K, int rows,
+                           float step_x, float keep_ratio) {
+    uint32_t stream = rng_stream_train(MICRO_STEP, LINEAR_INDEX, RNG_USE_LSS_KEEP), key = rng_key(SEED, stream);
+    std::vector<float> expected_scores(rows), expected_probs(rows);
+    std::vector<uint8_t> expected_keep(rows);
+    lss_cpu(expected_scores.data(), expected_probs.data(), expected_keep.data(), dy.host.data(), M, codes.data(), K,
+            step_x, rows, keep_ratio, SEED, stream);
+
+    int8_t* d_codes = to_device(codes);
+    float *d_step, *d_scores, *d_probs, *d_kept_probs;
+    int *d_kept_rows, *d_counts;  // n_kept, n_iterations
+    d_step = to_device(std::vector<float>{step_x});
+    cudaCheck(cudaMalloc(&d_scores, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_probs, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_kept_probs, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_kept_rows, rows * sizeof(int)));
+    cudaCheck(cudaMalloc(&d_counts, 2 * sizeof(int)));
+    lss_scores(version, d_scores, dy.device, rows, M, d_codes, K, d_step);
+    lss_keep_rows(d_probs, d_kept_rows, d_kept_probs, d_counts, d_counts + 1, d_scores, rows, keep_ratio, key);
+    std::vector<float> scores = to_host(d_scores, rows), probs = to_host(d_probs, rows);
+    std::vector<int> counts = to_host(d_counts, 2);
+    int n_kept = counts[0];
+    std::vector<int> kept_rows = to_host(d_kept_rows, n_kept);
+    std::vector<float> kept_probs = to_host(d_kept_probs, n_kept);
+    void* buffers[] = {d_codes, d_step, d_scores, d_probs, d_kept_probs, d_kept_rows, d_counts};
+    for (void* b : buffers) cudaCheck(cudaFree(b));
+
+    bool pass = true;
+    long max_score_ulps = 0, max_prob_ulps = 0;
+    int scores_differing = 0, ambiguous = 0, clamped = 0;
+    for (int i = 0; i < rows; i++) {
+        long score_ulps = ulp_distance(scores[i], expected_scores[i]), prob_ulps = ulp_distance(probs[i], expected_probs[i]);
+        max_score_ulps = std::max(max_score_ulps, score_ulps);
+        max_prob_ulps = std::max(max_prob_ulps, prob_ulps);
+        scores_differing += score_ulps != 0;
+        clamped += expected_probs[i] == 1.0f;
+    }
+    if (max_score_ulps > SCORE_ULPS || max_prob_ulps > PROB_ULPS) {
+        printf("  scores differ by up to %ld ulps (tolerance %ld), probabilities by up to %ld (tolerance %ld)\n",
+               max_score_ulps, SCORE_ULPS, max_prob_ulps, PROB_ULPS);
+        pass = false;
+    }
+    std::vector<uint8_t> keep(rows, 0);
+    for (int j = 0; j < n_kept; j++) {
+        int i = kept_rows[j];
+        if (i < 0 || i >= rows || (j > 0 && i <= kept_rows[j - 1]) || memcmp(&kept_probs[j], &probs[i], sizeof(float)) != 0) {
+            printf("  kept entry %d (row %d, p %.9g) is out of order, out of range or not the row's probability\n", j, i, kept_probs[j]);
+            return false;
+        }
+        keep[i] = 1;
+    }
+    for (int i = 0; i < rows; i++) {
+        float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)i));
+        if (keep[i] != (u < probs[i])) {
+            printf("  row %d: kept = %d, but u = %.9g and its p = %.9g\n", i, keep[i], u, probs[i]);
+            return false;
+        }
+        float p = expected_probs[i];
+        if (fabsf(u - p) <= PROB_ULPS * (nextafterf(p, INFINITY) - p)) {
+            ambiguous++;
+        } else if (keep[i] != expected_keep[i]) {
+            printf("  row %d: kept = %d, the CPU reference keeps %d (u = %.9g, p = %.9g, CPU p = %.9g)\n", i, keep[i],
+                   expected_keep[i], u, probs[i], p);
+            pass = false;
+        }
+    }
+    printf("  rows %d, rho %.2f: scores %d differ (max %ld ulp), probabilities max %ld ulp, %d rows at p = 1, "
+           "%d iterations, kept %d, %d ambiguous\n", rows, keep_ratio, scores_differing, max_score_ulps, max_prob_ulps,
+           clamped, counts[1], n_kept, ambiguous);
+    return pass;
+}
+
+// both versions: bit split on shapes with partial warps/slots and the largest M of version 2; LSS with partial
+// compaction tiles at keep ratios that clamp many rows, few rows, and none (every nonzero row kept)
+bool run_checks() {
+    bool all_pass = true;
+    for (int version = 1; version <= 2; version++) {
+        const int shapes[][2] = {{2500, 200}, {2500, 768}, {301, 3072}, {64, 4096}};
+        for (auto& shape : shapes) {
+            int rows = shape[0], M = shape[1];
+            Gradient dy = make_gradient(rows, M);
+            bool pass = bitsplit_matches_reference(version, dy, rows, M);
+            printf("%s bitsplit_lss v%d bitsplit rows%d M%d\n", pass ? "PASS" : "FAIL", version, rows, M);
+            all_pass = all_pass && pass;
+            cudaCheck(cudaFree(dy.device));
+        }
+        const int lss_shapes[][3] = {{2500, 200, 80}, {2500, 768, 3072}};
+        for (auto& shape : lss_shapes) {
+            int rows = shape[0], M = shape[1], K = shape[2];
+            Gradient dy = make_gradient(rows, M);
+            std::vector<int8_t> codes = make_codes(rows, K);
+            for (float keep_ratio : {0.1f, 0.5f, 0.9f, 1.0f}) {
+                bool pass = lss_matches_reference(version, dy, M, codes, K, rows, -0.0371f, keep_ratio);
+                printf("%s bitsplit_lss v%d lss rows%d M%d K%d rho%.1f\n", pass ? "PASS" : "FAIL", version, rows, M, K, keep_ratio);
+                all_pass = all_pass && pass;
+            }
+            cudaCheck(cudaFree(dy.device));
+        }
+    }
+    return all_pass;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Timing
+
+// how many copies of a launch's buffers to rotate through so that each launch finds its data evicted from L2 by
+// the launches in between (as in training, where every layer's tensors pass through L2 before the next)
+int rotating_copies(size_t bytes_per_launch) {
+    int l2_bytes;
+    cudaCheck(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
+    if (bytes_per_launch >= 2 * (size_t)l2_bytes) return 1;
+    return 1 + (int)CEIL_DIV(2 * (size_t)l2_bytes, bytes_per_launch);
+}
+
+// `copies` device buffers of `bytes`, each a copy of src (or uninitialised when src is null)
+std::vector<void*> device_copies(const void* src, size_t bytes, int copies) {
+    std::vector<void*> buffers(copies);
+    for (void*& b : buffers) {
+        cudaCheck(cudaMalloc(&b, bytes));
+        if (src) cudaCheck(cudaMemcpy(b, src, bytes, cudaMemcpyDeviceToDevice));
+    }
+    return buffers;
+}
+
+void free_all(const std::vector<void*>& buffers) {
+    for (void* b : buffers) cudaCheck(cudaFree(b));
+}
+
+// mean time of one launch in microseconds; launch(i) runs the i-th launch (3 untimed first)
+template <typename Launch>
+float time_us(Launch launch) {
+    const int repeats = 50;
+    for (int i = 0; i < 3; i++) launch(i);
+    cudaEvent_t start, stop;
+    cudaCheck(cudaEventCreate(&start));
+    cudaCheck(cudaEventCreate(&stop));
+    cudaCheck(cudaEventRecord(start));
+    for (int i = 0; i < repeats; i++) launch(i);
+    cudaCheck(cudaEventRecord(stop));
+    cudaCheck(cudaEventSynchronize(stop));
+    float ms;
+    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
+    cudaCheck(cudaEventDestroy(start));
+    cudaCheck(cudaEventDestroy(stop));
+    return ms * 1000.0f / repeats;
+}
+
+// validates `version` at rows x M (codes rows x K), then prints the times of the BF16 copy of dy, the bit split, the
+// scores and the keep-rows kernel
+bool benchmark(int version, int rows, int M, int K) {
+    const float keep_ratio = 0.5f, step_x = 0.0371f;
+    Gradient dy = make_gradient(rows, M);
+    std::vector<int8_t> codes = make_codes(rows, K);
+    printf("rows %d, M %d, K %d:\n", rows, M, K);
+    bool bitsplit_pass = bitsplit_matches_reference(version, dy, rows, M);
+    printf("%s bitsplit_lss v%d bitsplit rows%d M%d\n", bitsplit_pass ? "PASS" : "FAIL", version, rows, M);
+    bool lss_pass = lss_matches_reference(version, dy, M, codes, K, rows, step_x, keep_ratio);
+    printf("%s bitsplit_lss v%d lss rows%d M%d K%d rho%.1f\n", lss_pass ? "PASS" : "FAIL", version, rows, M, K, keep_ratio);
+
+    size_t dy_bytes = (size_t)rows * M * sizeof(__nv_bfloat16), codes_bytes = (size_t)rows * K;
+    int8_t* d_codes = to_device(codes);
+    float* d_step = to_device(std::vector<float>{step_x});
+
+    int copies = rotating_copies(2 * dy_bytes);
+    std::vector<void*> copy_src = device_copies(dy.device, dy_bytes, copies), copy_dst = device_copies(nullptr, dy_bytes, copies);
+    long n_vectors = (long)(dy_bytes / 16);
+    float copy_us = time_us([&](int i) {
+        copy_kernel<<<CEIL_DIV(n_vectors, 256), 256>>>((uint4*)copy_dst[i % copies], (const uint4*)copy_src[i % copies], n_vectors);
+    });
+    free_all(copy_src);
+    free_all(copy_dst);
+    double copy_gbs = 2.0 * dy_bytes / (copy_us * 1e3);
+    printf("  BF16 copy of dy             %7.1f us  %5.0f GB/s\n", copy_us, copy_gbs);
+
+    size_t bitsplit_bytes = dy_bytes + (size_t)rows * M + rows * sizeof(float);
+    copies = rotating_copies(bitsplit_bytes);
+    std::vector<void*> dys = device_copies(dy.device, dy_bytes, copies), operands = device_copies(nullptr, (size_t)rows * M, copies),
+                       row_scales = device_copies(nullptr, rows * sizeof(float), copies);
+    uint32_t key_dx = rng_key(SEED, rng_stream_train(MICRO_STEP, LINEAR_INDEX, RNG_USE_DX_ROUND));
+    float bitsplit_us = time_us([&](int i) {
+        int c = i % copies;
+        bitsplit_rows(version, (int8_t*)operands[c], (float*)row_scales[c], (const __nv_bfloat16*)dys[c], rows, M, key_dx);
+    });
+    free_all(operands);
+    free_all(row_scales);
+    double bitsplit_gbs = bitsplit_bytes / (bitsplit_us * 1e3);
+    printf("  bit split v%d                %7.1f us  %5.0f GB/s  %3.0f%% of copy bandwidth\n", version, bitsplit_us,
+           bitsplit_gbs, 100.0 * bitsplit_gbs / copy_gbs);
+
+    size_t scores_bytes = dy_bytes + codes_bytes + rows * sizeof(float);
+    int score_copies = rotating_copies(scores_bytes);
+    free_all(dys);
+    dys = device_copies(dy.device, dy_bytes, score_copies);
+    std::vector<void*> code_copies = device_copies(d_codes, codes_bytes, score_copies),
+                       score_outputs = device_copies(nullptr, rows * sizeof(float), score_copies);
+    float scores_us = time_us([&](int i) {
+        int c = i % score_copies;
+        lss_scores(version, (float*)score_outputs[c], (const __nv_bfloat16*)dys[c], rows, M, (const int8_t*)code_copies[c], K, d_step);
+    });
+    double scores_gbs = scores_bytes / (scores_us * 1e3);
+    printf("  LSS scores v%d               %7.1f us  %5.0f GB/s  %3.0f%% of copy bandwidth\n", version, scores_us,
+           scores_gbs, 100.0 * scores_gbs / copy_gbs);
+
+    float *d_probs, *d_kept_probs;
+    int *d_kept_rows, *d_counts;
+    cudaCheck(cudaMalloc(&d_probs, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_kept_probs, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_kept_rows, rows * sizeof(int)));
+    cudaCheck(cudaMalloc(&d_counts, 2 * sizeof(int)));
+    uint32_t key_keep = rng_key(SEED, rng_stream_train(MICRO_STEP, LINEAR_INDEX, RNG_USE_LSS_KEEP));
+    float keep_us = time_us([&](int) {
+        lss_keep_rows(d_probs, d_kept_rows, d_kept_probs, d_counts, d_counts + 1, (const float*)score_outputs[0], rows, keep_ratio, key_keep);
+    });
+    std::vector<int> counts = to_host(d_counts, 2);
+    printf("  water-fill + keep + compact %7.1f us  (%d Newton steps, %d of %d rows kept)\n", keep_us, counts[1], counts[0], rows);
+
+    free_all(dys);
+    free_all(code_copies);
+    free_all(score_outputs);
+    void* buffers[] = {dy.device, d_codes, d_step, d_probs, d_kept_probs, d_kept_rows, d_counts};
+    for (void* b : buffers) cudaCheck(cudaFree(b));
+    return bitsplit_pass && lss_pass;
+}
+
+int main(int argc, char** argv) {
+    cudaCheck(cudaSetDevice(0));
+    if (argc > 1 && strcmp(argv[1], "--check") == 0) return run_checks() ? EXIT_SUCCESS : EXIT_FAILURE;
+    int version = argc > 1 ? atoi(argv[1]) : 2;
+    if (version < 1 || version > 2) { fprintf(stderr, "version must be 1 or 2 (got %d)\n", version); return EXIT_FAILURE; }
+    const int rows = 16384;
+    bool pass = benchmark(version, rows, 768, 3072);
+    pass = benchmark(version, rows, 3072, 768) && pass;
+    return pass ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,824 @@
+// INT4 GEMM with a fused dequantize + bias epilogue: the forward product of train_int4's quantized linear layers.
+//   acc[n][m] = Σ_k A[n][k]·B[m][k]   (INT32)
+//   out[n][m] = bf16( acc[n][m] · scale_a[n] · scale_b[m] + bias[m] )
+// A (N x K) and B (M x K) hold INT4 codes in [-8, 7] packed two per byte along K, K-major (kernels/int4_math.h:
+// element 2j in the low nibble, 2j+1 in the high nibble). Scales are per row; a per-tensor scale is the case of
+// equal entries.
+//
+// Build: make dev/int4_gemm     (sm_80 + sm_90a; no --use_fast_math: the epilogue rounds like the CPU reference)
+// Run:   ./dev/int4_gemm [version] [N M K]   default: the fastest version for this GPU on GPT-2-sized shapes
+//        ./dev/int4_gemm --check             every version on one small shape, a PASS/FAIL line per version
+//
+// version 1: naive, one thread per output, nibbles unpacked straight from global memory
+// version 2: 64x64 output tiles, packed k-tiles in shared memory, 4x4 outputs per thread, scalar integer math
+// version 3: mma.sync m16n8k32 s8 tensor cores; nibbles sign-extended to s8 while building the fragments
+//            (the H100 path: sm_90 has no INT4 tensor cores, its s4 mma is emulated)
+// version 4: version 3 + a 4-stage cp.async pipeline, 128x128x128 tiles on 8 warps, one 128-bit shared load
+//            per row and k-tile (a k-permutation instead of ldmatrix), nibbles expanded as 16·q in 3 ops per word
+// version 5: native INT4, mma.sync m16n8k64 s4 on the packed bytes, in version 4's pipeline (the sm_80/86/89
+//            path; on sm_90 it is correct but emulated, ~26x slower than s8: ../shared/device-ceilings.md)
+// Baselines on the same shapes: cuBLASLt BF16 (bf16 in, fp32 accumulate, bf16 out with bias) and cuBLASLt INT8
+// (int8 in, int32 out, TN, CUBLAS_COMPUTE_32I).
+#include <string.h>
+#include <vector>
+#include "../kernels/common.h"
+#include "../kernels/int4_math.h"
+#include "../kernels/matmul.h"
+
+#define NUM_VERSIONS 5
+#define SHAPE_MULTIPLE 128                  // the block tile of versions 4 and 5 along N, M and K
+#define MAX_K 65536                         // version 4 accumulates 256·acc: 256·64·K must stay below 2^31
+#define FULL_CHECK_MAX_MACS (1ull << 28)    // beyond this the CPU checks a sample (a full check would take minutes)
+#define SAMPLED_OUTPUTS 4096
+#define WARMUP_REPEATS 3
+#define TIMED_REPEATS 20
+
+// one INT4 GEMM problem as the kernels see it
+struct Int4GemmParams {
+    const uint8_t* a;             // (N, K/2) packed INT4
+    const uint8_t* b;             // (M, K/2) packed INT4
+    const float* scale_a;         // (N)
+    const float* scale_b;         // (M)
+    const __nv_bfloat16* bias;    // (M)
+    __nv_bfloat16* out;           // (N, M)
+    int32_t* acc_out;             // (N, M) the raw accumulators, for exact validation; nullptr when timing
+    int N, M, K;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// CPU reference
+
+// the epilogue in FP32 with one rounding per operation and no FMA (F32_MUL/F32_ADD are __fmul_rn/__fadd_rn on the
+// GPU), products before the sum: host and device compute the same float, only the final bf16 rounding follows
+HD float epilogue_value(int32_t acc, float scale_a, float scale_b, float bias) {
+    return F32_ADD(F32_MUL(F32_MUL((float)acc, scale_a), scale_b), bias);
+}
+
+// acc[n][m] for one output from the packed rows a_row = A[n] and b_row = B[m]
+static int32_t int4_dot_reference(const uint8_t* a_row, const uint8_t* b_row, int K) {
+    int32_t acc = 0;
+    for (int j = 0; j < K / 2; j++) {
+        acc += unpack_int4_lo(a_row[j]) * unpack_int4_lo(b_row[j]) + unpack_int4_hi(a_row[j]) * unpack_int4_hi(b_row[j]);
+    }
+    return acc;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// device helpers shared by the kernels
+
+// signed INT4 value j (0..7) of a 32-bit word of packed codes: bits 4j..4j+3, sign-extended
+__device__ __forceinline__ int int4_from_word(uint32_t word, int j) { return (int)(word << (28 - 4 * j)) >> 28; }
+
+// out[n][m] (and acc_out[n][m] when validating) from one accumulator
+__device__ __forceinline__ void store_result(const Int4GemmParams& p, int n, int m, int32_t acc) {
+    size_t idx = (size_t)n * p.M + m;
+    if (p.acc_out) p.acc_out[idx] = acc;
+    p.out[idx] = __float2bfloat16_rn(epilogue_value(acc, p.scale_a[n], p.scale_b[m], __bfloat162float(p.bias[m])));
+}
+
+// out[n][m], out[n][m+1] from two accumulators (m even): one 4-byte bf16x2 store, one 8-byte int2 store
+__device__ __forceinline__ void store_result_pair(const Int4GemmParams& p, int n, int m, int32_t acc0, int32_t acc1) {
+    size_t idx = (size_t)n * p.M + m;
+    if (p.acc_out) *reinterpret_cast<int2*>(p.acc_out + idx) = make_int2(acc0, acc1);
+    float scale_a = p.scale_a[n];
+    float y0 = epilogue_value(acc0, scale_a, p.scale_b[m], __bfloat162float(p.bias[m]));
+    float y1 = epilogue_value(acc1, scale_a, p.scale_b[m + 1], __bfloat162float(p.bias[m + 1]));
+    *reinterpret_cast<__nv_bfloat162*>(p.out + idx) = __floats2bfloat162_rn(y0, y1);
+}
+
+// D = A·B + D on one 16x8 tile with k = 32 signed bytes. Fragments (PTX ISA, "Matrix Fragments for
+// mma.m16n8k32", .s8), lane = 4·group + tig, the lowest byte of a register holds the lowest k:
+//   a[0]: row group,   k 4·tig..4·tig+3        a[1]: row group+8, k 4·tig..4·tig+3
+//   a[2]: row group,   k 16+4·tig..+3          a[3]: row group+8, k 16+4·tig..+3
+//   b[0]: col group,   k 4·tig..4·tig+3        b[1]: col group,   k 16+4·tig..+3
+//   c[0], c[1]: row group, cols 2·tig, 2·tig+1     c[2], c[3]: row group+8, cols 2·tig, 2·tig+1
+__device__ __forceinline__ void mma_s8_m16n8k32(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// D = A·B + D on one 16x8 tile with k = 64 signed nibbles. Fragments (PTX ISA, "Matrix Fragments for
+// mma.m16n8k64", .s4), lane = 4·group + tig, the lowest nibble of a register holds the lowest k:
+//   a[0]: row group,   k 8·tig..8·tig+7        a[1]: row group+8, k 8·tig..8·tig+7
+//   a[2]: row group,   k 32+8·tig..+7          a[3]: row group+8, k 32+8·tig..+7
+//   b[0]: col group,   k 8·tig..8·tig+7        b[1]: col group,   k 32+8·tig..+7
+//   c: as for m16n8k32
+__device__ __forceinline__ void mma_s4_m16n8k64(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// a warp's MI x NJ grid of 16x8 accumulator tiles (layout of c above) -> outputs; n_base, m_base: the warp's
+// first output row and column. `shift` undoes a power-of-two operand scaling (arithmetic shift, exact there).
+template <int MI, int NJ>
+__device__ __forceinline__ void store_warp_tile(const Int4GemmParams& p, const int32_t (&acc)[MI][NJ][4], int n_base,
+                                                int m_base, int group, int tig, int shift) {
+    #pragma unroll
+    for (int mi = 0; mi < MI; mi++) {
+        #pragma unroll
+        for (int nj = 0; nj < NJ; nj++) {
+            int n = n_base + 16 * mi + group, m = m_base + 8 * nj + 2 * tig;
+            store_result_pair(p, n, m, acc[mi][nj][0] >> shift, acc[mi][nj][1] >> shift);
+            store_result_pair(p, n + 8, m, acc[mi][nj][2] >> shift, acc[mi][nj][3] >> shift);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// version 1: naive
+
+// version 1: out[n][m] as one dot product per thread, both nibbles of each byte unpacked from global memory.
+// block (32, 8), one output per thread: threadIdx.x walks m, so a warp shares one row of A and reads 32 rows of B.
+__global__ void int4_gemm_naive_kernel(Int4GemmParams p) {
+    int m = blockIdx.x * blockDim.x + threadIdx.x;
+    int n = blockIdx.y * blockDim.y + threadIdx.y;
+    size_t row_bytes = p.K / 2;
+    const uint8_t* a_row = p.a + n * row_bytes;
+    const uint8_t* b_row = p.b + m * row_bytes;
+    int32_t acc = 0;
+    for (size_t j = 0; j < row_bytes; j++) {
+        uint8_t x = a_row[j], y = b_row[j];
+        acc += unpack_int4_lo(x) * unpack_int4_lo(y) + unpack_int4_hi(x) * unpack_int4_hi(y);
+    }
+    store_result(p, n, m, acc);
+}
+
+void launch_int4_gemm_naive(const Int4GemmParams& p) {
+    dim3 block(32, 8);
+    dim3 grid(p.M / block.x, p.N / block.y);
+    int4_gemm_naive_kernel<<<grid, block>>>(p);
+    cudaCheck(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// version 2: shared-memory tiles
+
+#define SMEM_TILE 64          // 64 x 64 outputs per block
+#define SMEM_K_WORDS 8        // k-tile: 8 packed words = 64 INT4 values per row
+#define SMEM_THREADS 256      // 16 x 16 threads, 4 x 4 outputs each
+
+// version 2: a 64x64 output tile per block; 64-value packed k-tiles of A and B staged in shared memory.
+// 16x16 threads; thread (ty, tx) owns rows ty+16i, columns tx+16j (i, j < 4) and unpacks nibbles for scalar MACs.
+__global__ void __launch_bounds__(SMEM_THREADS) int4_gemm_smem_kernel(Int4GemmParams p) {
+    // one padding word per row: the 16 different B rows a warp reads in one step fall on 16 distinct banks
+    __shared__ uint32_t tile_a[SMEM_TILE][SMEM_K_WORDS + 1];
+    __shared__ uint32_t tile_b[SMEM_TILE][SMEM_K_WORDS + 1];
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    int n0 = blockIdx.y * SMEM_TILE, m0 = blockIdx.x * SMEM_TILE;
+    int row_words = p.K / 8;
+    const uint32_t* a_words = reinterpret_cast<const uint32_t*>(p.a);
+    const uint32_t* b_words = reinterpret_cast<const uint32_t*>(p.b);
+    int32_t acc[4][4] = {};
+    for (int k_word0 = 0; k_word0 < row_words; k_word0 += SMEM_K_WORDS) {
+        for (int i = threadIdx.x; i < SMEM_TILE * SMEM_K_WORDS; i += SMEM_THREADS) {
+            int row = i / SMEM_K_WORDS, word = i % SMEM_K_WORDS;
+            tile_a[row][word] = a_words[(size_t)(n0 + row) * row_words + k_word0 + word];
+            tile_b[row][word] = b_words[(size_t)(m0 + row) * row_words + k_word0 + word];
+        }
+        __syncthreads();
+        for (int word = 0; word < SMEM_K_WORDS; word++) {
+            uint32_t a_word[4], b_word[4];
+            for (int i = 0; i < 4; i++) a_word[i] = tile_a[ty + 16 * i][word];
+            for (int j = 0; j < 4; j++) b_word[j] = tile_b[tx + 16 * j][word];
+            #pragma unroll
+            for (int nibble = 0; nibble < 8; nibble++) {
+                int a_val[4], b_val[4];
+                for (int i = 0; i < 4; i++) a_val[i] = int4_from_word(a_word[i], nibble);
+                for (int j = 0; j < 4; j++) b_val[j] = int4_from_word(b_word[j], nibble);
+                for (int i = 0; i < 4; i++) {
+                    for (int j = 0; j < 4; j++) acc[i][j] += a_val[i] * b_val[j];
+                }
+            }
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; i++) {
+        for (int j = 0; j < 4; j++) store_result(p, n0 + ty + 16 * i, m0 + tx + 16 * j, acc[i][j]);
+    }
+}
+
+void launch_int4_gemm_smem(const Int4GemmParams& p) {
+    dim3 grid(p.M / SMEM_TILE, p.N / SMEM_TILE);
+    int4_gemm_smem_kernel<<<grid, SMEM_THREADS>>>(p);
+    cudaCheck(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// version 3: s8 tensor cores
+
+#define MMA_TILE 64           // 64 x 64 outputs per block: 2 x 2 warps of 32 x 32
+#define MMA_K_BYTES 32        // k-tile: 64 INT4 values = 32 packed bytes per row
+#define MMA_ROW_STRIDE 40     // shared bytes per row: 32 + 8 padding, see the bank note in the kernel
+#define MMA_THREADS 128
+
+// four INT4 codes (16 bits, lowest k in the lowest nibble) -> four sign-extended s8 bytes, byte i = nibble i
+__device__ __forceinline__ uint32_t sign_extend_int4x4(uint32_t packed16) {
+    uint32_t spread = (packed16 & 0x000Fu) | ((packed16 & 0x00F0u) << 4) | ((packed16 & 0x0F00u) << 8) |
+                      ((packed16 & 0xF000u) << 12);
+    // a byte with bit 3 set holds a negative code: OR 0xF0 into it (8·0x1E = 0xF0, so no carry between bytes)
+    return spread | ((spread & 0x08080808u) * 0x1Eu);
+}
+
+__device__ __forceinline__ uint32_t load_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+
+// version 3: a 64x64 output tile per block from m16n8k32 s8 mma; packed 64-value k-tiles staged in shared
+// memory. 4 warps of 32x32 (2 x 4 mma tiles); each fragment register is 16 packed bits sign-extended to 4 bytes.
+__global__ void __launch_bounds__(MMA_THREADS) int4_gemm_mma_s8_kernel(Int4GemmParams p) {
+    // Bank note: a fragment load reads 8 rows (group) x 8 bytes (tig). With 40-byte rows, row g starts at word
+    // 10g, and 10g mod 32 = 0, 10, 20, 30, 8, 18, 28, 6 puts the 8 word pairs on 16 distinct banks.
+    __shared__ __align__(16) uint8_t tile_a[MMA_TILE * MMA_ROW_STRIDE];
+    __shared__ __align__(16) uint8_t tile_b[MMA_TILE * MMA_ROW_STRIDE];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int group = lane / 4, tig = lane % 4;
+    int warp_n = (warp / 2) * 32, warp_m = (warp % 2) * 32;
+    int n0 = blockIdx.y * MMA_TILE, m0 = blockIdx.x * MMA_TILE;
+    size_t row_bytes = p.K / 2;
+    int32_t acc[2][4][4] = {};
+    for (size_t k_byte0 = 0; k_byte0 < row_bytes; k_byte0 += MMA_K_BYTES) {
+        for (int i = threadIdx.x; i < MMA_TILE * MMA_K_BYTES / 4; i += MMA_THREADS) {
+            int row = i / (MMA_K_BYTES / 4), word = i % (MMA_K_BYTES / 4);
+            size_t offset = k_byte0 + 4 * word;
+            *reinterpret_cast<uint32_t*>(tile_a + row * MMA_ROW_STRIDE + 4 * word) =
+                *reinterpret_cast<const uint32_t*>(p.a + (n0 + row) * row_bytes + offset);
+            *reinterpret_cast<uint32_t*>(tile_b + row * MMA_ROW_STRIDE + 4 * word) =
+                *reinterpret_cast<const uint32_t*>(p.b + (m0 + row) * row_bytes + offset);
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int step = 0; step < MMA_K_BYTES; step += 16) {    // two m16n8k32 steps of 16 packed bytes
+            uint32_t a_frag[2][4], b_frag[4][2];
+            #pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                // k 4·tig..4·tig+3 of the step = packed bytes 2·tig, 2·tig+1; k 16+4·tig.. is 8 bytes further
+                const uint8_t* row = tile_a + (warp_n + 16 * mi + group) * MMA_ROW_STRIDE + step + 2 * tig;
+                const uint8_t* row8 = row + 8 * MMA_ROW_STRIDE;
+                a_frag[mi][0] = sign_extend_int4x4(load_u16(row));
+                a_frag[mi][1] = sign_extend_int4x4(load_u16(row8));
+                a_frag[mi][2] = sign_extend_int4x4(load_u16(row + 8));
+                a_frag[mi][3] = sign_extend_int4x4(load_u16(row8 + 8));
+            }
+            #pragma unroll
+            for (int nj = 0; nj < 4; nj++) {
+                const uint8_t* col = tile_b + (warp_m + 8 * nj + group) * MMA_ROW_STRIDE + step + 2 * tig;
+                b_frag[nj][0] = sign_extend_int4x4(load_u16(col));
+                b_frag[nj][1] = sign_extend_int4x4(load_u16(col + 8));
+            }
+            #pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                #pragma unroll
+                for (int nj = 0; nj < 4; nj++) mma_s8_m16n8k32(acc[mi][nj], a_frag[mi], b_frag[nj]);
+            }
+        }
+        __syncthreads();
+    }
+    store_warp_tile(p, acc, n0 + warp_n, m0 + warp_m, group, tig, 0);
+}
+
+void launch_int4_gemm_mma_s8(const Int4GemmParams& p) {
+    dim3 grid(p.M / MMA_TILE, p.N / MMA_TILE);
+    int4_gemm_mma_s8_kernel<<<grid, MMA_THREADS>>>(p);
+    cudaCheck(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// versions 4 and 5: cp.async pipeline, 128 x 128 x 128 tiles
+
+#define PIPE_TILE 128                                      // outputs per block along n and m
+#define PIPE_K_TILE 128                                    // INT4 values along k per stage
+#define PIPE_ROW_BYTES (PIPE_K_TILE / 2)                   // 64 packed bytes per row and stage
+#define PIPE_STAGES 4
+#define PIPE_STAGE_BYTES (2 * PIPE_TILE * PIPE_ROW_BYTES)  // A tile then B tile: 16 KiB
+#define PIPE_THREADS 256                                   // 8 warps: 2 along n x 4 along m, 64 x 32 outputs each
+#define PIPE_WARP_N 64
+#define PIPE_WARP_M 32
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+    uint32_t smem_address = (uint32_t)__cvta_generic_to_shared(smem);
+    size_t gmem_address = __cvta_generic_to_global(gmem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_address), "l"(gmem_address) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+// copies k-tile `k_tile` of the block's 128 A rows and 128 B rows into `stage` (A then B, 64 bytes per row):
+// 1024 chunks of 16 bytes, 4 per thread, consecutive threads on consecutive chunks (one 64-byte run per row)
+__device__ __forceinline__ void load_stage_async(uint8_t* stage, const Int4GemmParams& p, int n0, int m0, int k_tile) {
+    size_t row_bytes = p.K / 2, k_byte0 = (size_t)k_tile * PIPE_ROW_BYTES;
+    const int chunks_per_row = PIPE_ROW_BYTES / 16;
+    #pragma unroll
+    for (int chunk = threadIdx.x; chunk < PIPE_TILE * chunks_per_row; chunk += PIPE_THREADS) {
+        int row = chunk / chunks_per_row, offset = 16 * (chunk % chunks_per_row);
+        cp_async_16(stage + row * PIPE_ROW_BYTES + offset, p.a + (n0 + row) * row_bytes + k_byte0 + offset);
+        cp_async_16(stage + (PIPE_TILE + row) * PIPE_ROW_BYTES + offset,
+                    p.b + (m0 + row) * row_bytes + k_byte0 + offset);
+    }
+}
+
+// One stage's packed operands of a warp: thread (group, tig) holds bytes [16·tig, 16·tig+16) -- k values
+// [32·tig, 32·tig+32) of the stage -- of A rows warp_n + 16·mi + group (+8) and of B rows warp_m + 8·nj + group.
+// One 16-byte ld.shared per row: the 8 lanes of a quarter warp read rows r, r+1 = 128 contiguous bytes, so the
+// loads are conflict-free without padding. ldmatrix would deliver the same 16 bytes per instruction; with the
+// k-permutation below no transposition is needed, so plain vector loads do the job.
+struct PackedWarpOperands {
+    uint32_t a[4][2][4];    // [mi][row group, row group+8][word]
+    uint32_t b[4][4];       // [nj][word]
+};
+
+__device__ __forceinline__ void load_words(uint32_t (&dst)[4], const uint8_t* src) {
+    uint4 v = *reinterpret_cast<const uint4*>(src);
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+}
+
+__device__ __forceinline__ void load_warp_operands(PackedWarpOperands& ops, const uint8_t* stage, int warp_n,
+                                                   int warp_m, int group, int tig) {
+    const uint8_t* tile_a = stage + 16 * tig;
+    const uint8_t* tile_b = stage + PIPE_TILE * PIPE_ROW_BYTES + 16 * tig;
+    #pragma unroll
+    for (int mi = 0; mi < 4; mi++) {
+        int row = warp_n + 16 * mi + group;
+        load_words(ops.a[mi][0], tile_a + row * PIPE_ROW_BYTES);
+        load_words(ops.a[mi][1], tile_a + (row + 8) * PIPE_ROW_BYTES);
+    }
+    #pragma unroll
+    for (int nj = 0; nj < 4; nj++) load_words(ops.b[nj], tile_b + (warp_m + 8 * nj + group) * PIPE_ROW_BYTES);
+}
+
+// The pipeline of versions 4 and 5: PIPE_STAGES-1 k-tiles in flight while the warps multiply the oldest one;
+// multiply_stage(ops) gets the warp's packed operands of each k-tile in order. One commit group per iteration
+// (empty at the tail), so wait_group(PIPE_STAGES-2) at iteration kt means k-tile kt has landed.
+template <typename MultiplyStage>
+__device__ __forceinline__ void pipelined_mainloop(const Int4GemmParams& p, uint8_t* pipeline, int n0, int m0,
+                                                   int warp_n, int warp_m, int group, int tig,
+                                                   MultiplyStage multiply_stage) {
+    int k_tiles = p.K / PIPE_K_TILE;
+    for (int s = 0; s < PIPE_STAGES - 1; s++) {
+        if (s < k_tiles) load_stage_async(pipeline + s * PIPE_STAGE_BYTES, p, n0, m0, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < k_tiles; kt++) {
+        cp_async_wait<PIPE_STAGES - 2>();
+        // k-tile kt is visible to all threads, and all have finished k-tile kt-1, whose stage is refilled next
+        __syncthreads();
+        int next = kt + PIPE_STAGES - 1;
+        if (next < k_tiles) load_stage_async(pipeline + (next % PIPE_STAGES) * PIPE_STAGE_BYTES, p, n0, m0, next);
+        cp_async_commit();
+        PackedWarpOperands ops;
+        load_warp_operands(ops, pipeline + (kt % PIPE_STAGES) * PIPE_STAGE_BYTES, warp_n, warp_m, group, tig);
+        multiply_stage(ops);
+    }
+}
+
+// eight INT4 codes (a packed word, lowest k lowest) -> two s8x4 registers holding 16·q: each nibble moved to the
+// top of a byte keeps its sign bit, so no sign extension is needed. Even nibbles 0, 2, 4, 6 and odd 1, 3, 5, 7.
+__device__ __forceinline__ uint32_t even_nibbles_x16(uint32_t packed) { return (packed << 4) & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t odd_nibbles_x16(uint32_t packed) { return packed & 0xF0F0F0F0u; }
+
+// version 4: a 128x128 output tile per block from m16n8k32 s8 mma on 16·q operands, fed by the cp.async pipeline.
+// 8 warps of 64x32 (4 x 4 mma tiles); per k-tile each thread expands 12 packed words per mma step of k = 32.
+__global__ void __launch_bounds__(PIPE_THREADS) int4_gemm_pipelined_s8_kernel(Int4GemmParams p) {
+    extern __shared__ __align__(16) uint8_t pipeline[];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int group = lane / 4, tig = lane % 4;
+    int warp_n = (warp / 4) * PIPE_WARP_N, warp_m = (warp % 4) * PIPE_WARP_M;
+    int n0 = blockIdx.y * PIPE_TILE, m0 = blockIdx.x * PIPE_TILE;
+    int32_t acc[4][4][4] = {};
+    // k-permutation: a dot product does not depend on the order of k, only on A and B pairing the same k. In mma
+    // step s, thread tig feeds packed word s (stage k 32·tig+8s .. +7): its even nibbles as the fragment's
+    // "k 4·tig..4·tig+3" register, its odd nibbles as "k 16+4·tig..+3". A and B use the same map, and over the
+    // 4 steps and 4 tigs every k of the stage is used once.
+    pipelined_mainloop(p, pipeline, n0, m0, warp_n, warp_m, group, tig, [&](const PackedWarpOperands& ops) {
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            uint32_t b_frag[4][2];
+            #pragma unroll
+            for (int nj = 0; nj < 4; nj++) {
+                b_frag[nj][0] = even_nibbles_x16(ops.b[nj][s]);
+                b_frag[nj][1] = odd_nibbles_x16(ops.b[nj][s]);
+            }
+            #pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                uint32_t a_frag[4] = {even_nibbles_x16(ops.a[mi][0][s]), even_nibbles_x16(ops.a[mi][1][s]),
+                                      odd_nibbles_x16(ops.a[mi][0][s]), odd_nibbles_x16(ops.a[mi][1][s])};
+                #pragma unroll
+                for (int nj = 0; nj < 4; nj++) mma_s8_m16n8k32(acc[mi][nj], a_frag, b_frag[nj]);
+            }
+        }
+    });
+    // (16a)·(16b) = 256·ab: acc holds 256·Σab; |Σab| <= 64·K <= 2^22 (K <= MAX_K) keeps it within 2^30, so no
+    // int32 overflow, and the shift by 8 is exact
+    store_warp_tile(p, acc, n0 + warp_n, m0 + warp_m, group, tig, 8);
+}
+
+// version 5: a 128x128 output tile per block from native m16n8k64 s4 mma on the packed bytes as loaded, fed
+// by the cp.async pipeline. 8 warps of 64x32 (4 x 4 mma tiles); no unpacking at all.
+__global__ void __launch_bounds__(PIPE_THREADS) int4_gemm_native_s4_kernel(Int4GemmParams p) {
+    extern __shared__ __align__(16) uint8_t pipeline[];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int group = lane / 4, tig = lane % 4;
+    int warp_n = (warp / 4) * PIPE_WARP_N, warp_m = (warp % 4) * PIPE_WARP_M;
+    int n0 = blockIdx.y * PIPE_TILE, m0 = blockIdx.x * PIPE_TILE;
+    int32_t acc[4][4][4] = {};
+    // k-permutation as in version 4: in mma step s, thread tig's packed word 2s (stage k 32·tig+16s .. +7) is
+    // the fragment's "k 8·tig..8·tig+7" register and word 2s+1 its "k 32+8·tig..+7" register, for A and B alike
+    pipelined_mainloop(p, pipeline, n0, m0, warp_n, warp_m, group, tig, [&](const PackedWarpOperands& ops) {
+        #pragma unroll
+        for (int s = 0; s < 2; s++) {
+            #pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                uint32_t a_frag[4] = {ops.a[mi][0][2 * s], ops.a[mi][1][2 * s], ops.a[mi][0][2 * s + 1],
+                                      ops.a[mi][1][2 * s + 1]};
+                #pragma unroll
+                for (int nj = 0; nj < 4; nj++) {
+                    uint32_t b_frag[2] = {ops.b[nj][2 * s], ops.b[nj][2 * s + 1]};
+                    mma_s4_m16n8k64(acc[mi][nj], a_frag, b_frag);
+                }
+            }
+        }
+    });
+    store_warp_tile(p, acc, n0 + warp_n, m0 + warp_m, group, tig, 0);
+}
+
+// versions 4 and 5 share the grid and the dynamic shared memory (64 KiB, above the 48 KiB default)
+template <typename Kernel> void launch_pipelined(Kernel kernel, const Int4GemmParams& p) {
+    const int smem_bytes = PIPE_STAGES * PIPE_STAGE_BYTES;
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+    dim3 grid(p.M / PIPE_TILE, p.N / PIPE_TILE);
+    kernel<<<grid, PIPE_THREADS, smem_bytes>>>(p);
+    cudaCheck(cudaGetLastError());
+}
+
+void launch_int4_gemm_pipelined_s8(const Int4GemmParams& p) { launch_pipelined(int4_gemm_pipelined_s8_kernel, p); }
+
+void launch_int4_gemm_native_s4(const Int4GemmParams& p) { launch_pipelined(int4_gemm_native_s4_kernel, p); }
+
+void run_int4_gemm(int version, const Int4GemmParams& p) {
+    switch (version) {
+        case 1: launch_int4_gemm_naive(p); break;
+        case 2: launch_int4_gemm_smem(p); break;
+        case 3: launch_int4_gemm_mma_s8(p); break;
+        case 4: launch_int4_gemm_pipelined_s8(p); break;
+        case 5: launch_int4_gemm_native_s4(p); break;
+        default: fprintf(stderr, "int4_gemm: unknown version %d (1-%d)\n", version, NUM_VERSIONS); exit(EXIT_FAILURE);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// cuBLASLt baselines
+
+// the baselines' operands, one value per element: packed INT4 -> T (int8_t or __nv_bfloat16), exact either way;
+// one thread per packed byte
+template <typename T> __global__ void unpack_int4_kernel(T* out, const uint8_t* packed, size_t n_bytes) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_bytes) return;
+    out[2 * i] = from_float<T>((float)unpack_int4_lo(packed[i]));
+    out[2 * i + 1] = from_float<T>((float)unpack_int4_hi(packed[i]));
+}
+
+template <typename T> T* unpacked_copy(const uint8_t* packed, int rows, int K) {
+    size_t n_bytes = (size_t)rows * K / 2;
+    T* out;
+    cudaCheck(cudaMalloc(&out, (size_t)rows * K * sizeof(T)));
+    unpack_int4_kernel<<<CEIL_DIV(n_bytes, 256), 256>>>(out, packed, n_bytes);
+    cudaCheck(cudaGetLastError());
+    return out;
+}
+
+// one cuBLASLt product set up once (descriptor, layouts, algorithm), so the timed loop holds only the matmuls.
+// out (N x M, row-major) = A (N x K) · B (M x K)ᵀ; column-major for cuBLAS: outᵀ (M x N) = op_T(B) · A, both
+// operands k-major (the TN layout integer products require).
+struct CublasLtGemm {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t layout_b, layout_a, layout_out;
+    cublasLtMatmulAlgo_t algo;
+};
+
+static CublasLtGemm make_cublaslt_gemm(cudaDataType_t in_type, cudaDataType_t out_type, cublasComputeType_t compute,
+                                       cudaDataType_t scale_type, int N, int M, int K, const __nv_bfloat16* bias) {
+    CublasLtGemm g;
+    cublasCheck(cublasLtMatmulDescCreate(&g.desc, compute, scale_type));
+    cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+    cublasCheck(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t));
+    cublasCheck(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n));
+    if (bias) {
+        cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bias_type = CUDA_R_16BF;
+        cublasCheck(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+        cublasCheck(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+        cublasCheck(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                   sizeof bias_type));
+    }
+    cublasCheck(cublasLtMatrixLayoutCreate(&g.layout_b, in_type, K, M, K));
+    cublasCheck(cublasLtMatrixLayoutCreate(&g.layout_a, in_type, K, N, K));
+    cublasCheck(cublasLtMatrixLayoutCreate(&g.layout_out, out_type, M, N, M));
+    cublasLtMatmulPreference_t preference;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &CUBLASLT_WORKSPACE_SIZE, sizeof CUBLASLT_WORKSPACE_SIZE));
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, g.desc, g.layout_b, g.layout_a, g.layout_out,
+                                               g.layout_out, preference, 1, &heuristic, &found));
+    if (found == 0) {
+        fprintf(stderr, "int4_gemm: cuBLASLt has no algorithm for the %d x %d x %d baseline\n", N, M, K);
+        exit(EXIT_FAILURE);
+    }
+    g.algo = heuristic.algo;
+    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
+    return g;
+}
+
+static void run_cublaslt_gemm(const CublasLtGemm& g, const void* alpha, const void* beta, const void* a,
+                              const void* b, void* out) {
+    cublasCheck(cublasLtMatmul(cublaslt_handle, g.desc, alpha, b, g.layout_b, a, g.layout_a, beta, out, g.layout_out,
+                               out, g.layout_out, &g.algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, 0));
+}
+
+static void destroy_cublaslt_gemm(CublasLtGemm& g) {
+    cublasCheck(cublasLtMatrixLayoutDestroy(g.layout_b));
+    cublasCheck(cublasLtMatrixLayoutDestroy(g.layout_a));
+    cublasCheck(cublasLtMatrixLayoutDestroy(g.layout_out));
+    cublasCheck(cublasLtMatmulDescDestroy(g.desc));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// inputs, validation, timing
+
+// deterministic inputs: lowbias32, a 32-bit integer hash, of (seed, index)
+static uint32_t hash_u32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+static uint32_t hash_index(uint32_t seed, uint64_t i) {
+    return hash_u32((uint32_t)i ^ hash_u32(seed ^ hash_u32((uint32_t)(i >> 32))));
+}
+static float hash_unit(uint32_t seed, uint64_t i) { return (float)(hash_index(seed, i) >> 8) * (1.0f / 16777216.0f); }
+
+struct HostProblem {
+    int N, M, K;
+    std::vector<uint8_t> a, b;            // (N, K/2), (M, K/2) packed
+    std::vector<float> scale_a, scale_b;  // (N), (M)
+    std::vector<__nv_bfloat16> bias;      // (M)
+};
+
+// rows x K codes, uniform over [-8, 7] (so -8·-8 = 64, the largest product, is well represented), packed
+static std::vector<uint8_t> random_packed_int4(int rows, int K, uint32_t seed) {
+    std::vector<uint8_t> packed((size_t)rows * K / 2);
+    for (size_t j = 0; j < packed.size(); j++) {
+        int lo = (int)(hash_index(seed, 2 * j) & 15) - 8, hi = (int)(hash_index(seed, 2 * j + 1) & 15) - 8;
+        packed[j] = pack_int4_pair(lo, hi);
+    }
+    return packed;
+}
+
+// scales in [0.01, 0.03): with |acc| ~ 21·sqrt(K) the products are O(0.1..1), the size of the bias in [-0.5, 0.5)
+static HostProblem make_host_problem(int N, int M, int K) {
+    HostProblem h;
+    h.N = N, h.M = M, h.K = K;
+    h.a = random_packed_int4(N, K, 1);
+    h.b = random_packed_int4(M, K, 2);
+    h.scale_a.resize(N);
+    h.scale_b.resize(M);
+    h.bias.resize(M);
+    for (int n = 0; n < N; n++) h.scale_a[n] = 0.01f + 0.02f * hash_unit(3, n);
+    for (int m = 0; m < M; m++) h.scale_b[m] = 0.01f + 0.02f * hash_unit(4, m);
+    for (int m = 0; m < M; m++) h.bias[m] = host_float_to_bf16(hash_unit(5, m) - 0.5f);
+    return h;
+}
+
+struct DeviceProblem {
+    uint8_t *a, *b;
+    float *scale_a, *scale_b;
+    __nv_bfloat16 *bias, *out;
+    int32_t* acc;
+};
+
+template <typename T> static T* upload(const std::vector<T>& v) {
+    T* d;
+    cudaCheck(cudaMalloc(&d, v.size() * sizeof(T)));
+    cudaCheck(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+
+static DeviceProblem upload_problem(const HostProblem& h) {
+    DeviceProblem d;
+    d.a = upload(h.a);
+    d.b = upload(h.b);
+    d.scale_a = upload(h.scale_a);
+    d.scale_b = upload(h.scale_b);
+    d.bias = upload(h.bias);
+    cudaCheck(cudaMalloc(&d.out, (size_t)h.N * h.M * sizeof(__nv_bfloat16)));
+    cudaCheck(cudaMalloc(&d.acc, (size_t)h.N * h.M * sizeof(int32_t)));
+    return d;
+}
+
+static void free_problem(DeviceProblem& d) {
+    cudaCheck(cudaFree(d.a));
+    cudaCheck(cudaFree(d.b));
+    cudaCheck(cudaFree(d.scale_a));
+    cudaCheck(cudaFree(d.scale_b));
+    cudaCheck(cudaFree(d.bias));
+    cudaCheck(cudaFree(d.out));
+    cudaCheck(cudaFree(d.acc));
+}
+
+static Int4GemmParams gemm_params(const HostProblem& h, const DeviceProblem& d, bool with_acc) {
+    return Int4GemmParams{d.a, d.b, d.scale_a, d.scale_b, d.bias, d.out, with_acc ? d.acc : nullptr, h.N, h.M, h.K};
+}
+
+// Checks a GPU result (acc, out: all N x M outputs) against the CPU reference on every output (full) or on the
+// four corners and SAMPLED_OUTPUTS - 4 hashed (n, m) positions (big shapes: a full CPU product takes minutes).
+// INT32 accumulators must match exactly. The bf16 output is checked against the reference's FP32 epilogue value
+// y: both sides do the same FP32 operations, so the only difference is the final round-to-nearest-even to bf16,
+// whose error is at most half an ulp, i.e. 2^-8·|y| for an 8-bit significand. On failure `why` says where.
+static bool compare_with_reference(const HostProblem& h, const std::vector<int32_t>& acc,
+                                   const std::vector<__nv_bfloat16>& out, bool full, char* why, size_t why_size,
+                                   double* max_rel_err) {
+    size_t row_bytes = (size_t)h.K / 2, checks = full ? (size_t)h.N * h.M : SAMPLED_OUTPUTS;
+    *max_rel_err = 0.0;
+    for (size_t i = 0; i < checks; i++) {
+        int n, m;
+        if (full) {
+            n = (int)(i / h.M), m = (int)(i % h.M);
+        } else if (i < 4) {
+            n = (i & 1) ? h.N - 1 : 0, m = (i & 2) ? h.M - 1 : 0;
+        } else {
+            n = (int)(hash_index(6, 2 * i) % h.N), m = (int)(hash_index(6, 2 * i + 1) % h.M);
+        }
+        size_t idx = (size_t)n * h.M + m;
+        int32_t want = int4_dot_reference(&h.a[n * row_bytes], &h.b[m * row_bytes], h.K);
+        if (acc[idx] != want) {
+            snprintf(why, why_size, "int32 accumulator at n=%d m=%d is %d, expected %d", n, m, acc[idx], want);
+            return false;
+        }
+        float y = epilogue_value(want, h.scale_a[n], h.scale_b[m], __bfloat162float(h.bias[m]));
+        float got = __bfloat162float(out[idx]);
+        double err = fabs((double)got - (double)y), bound = ldexp(fabs((double)y), -8);
+        if (!(err <= bound)) {   // written so that a NaN output fails
+            snprintf(why, why_size, "bf16 output at n=%d m=%d is %.8g, expected %.8g (bf16 rounding allows %.3g)", n,
+                     m, got, y, bound);
+            return false;
+        }
+        if (y != 0.0f) *max_rel_err = fmax(*max_rel_err, err / fabs((double)y));
+    }
+    return true;
+}
+
+// runs `version` once, writing the raw accumulators too, and compares it with the CPU reference
+static bool run_and_validate(int version, const HostProblem& h, const DeviceProblem& d, bool full, char* why,
+                             size_t why_size, double* max_rel_err) {
+    size_t count = (size_t)h.N * h.M;
+    cudaCheck(cudaMemset(d.out, 0xFF, count * sizeof(__nv_bfloat16)));   // NaN and -1: stale results cannot pass
+    cudaCheck(cudaMemset(d.acc, 0xFF, count * sizeof(int32_t)));
+    run_int4_gemm(version, gemm_params(h, d, true));
+    cudaCheck(cudaDeviceSynchronize());
+    std::vector<int32_t> acc(count);
+    std::vector<__nv_bfloat16> out(count);
+    cudaCheck(cudaMemcpy(acc.data(), d.acc, count * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(out.data(), d.out, count * sizeof(__nv_bfloat16), cudaMemcpyDeviceToHost));
+    return compare_with_reference(h, acc, out, full, why, why_size, max_rel_err);
+}
+
+// mean milliseconds of one call over TIMED_REPEATS back-to-back calls, after WARMUP_REPEATS untimed ones
+template <typename Fn> static float time_ms(Fn&& fn) {
+    for (int i = 0; i < WARMUP_REPEATS; i++) fn();
+    cudaEvent_t start, stop;
+    cudaCheck(cudaEventCreate(&start));
+    cudaCheck(cudaEventCreate(&stop));
+    cudaCheck(cudaEventRecord(start));
+    for (int i = 0; i < TIMED_REPEATS; i++) fn();
+    cudaCheck(cudaEventRecord(stop));
+    cudaCheck(cudaEventSynchronize(stop));
+    float ms;
+    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
+    cudaCheck(cudaEventDestroy(start));
+    cudaCheck(cudaEventDestroy(stop));
+    return ms / TIMED_REPEATS;
+}
+
+// the shape rules every version relies on (tiles without bounds checks, version 4's 256·acc headroom)
+static bool shape_supported(int N, int M, int K) {
+    if (N > 0 && M > 0 && K > 0 && N % SHAPE_MULTIPLE == 0 && M % SHAPE_MULTIPLE == 0 && K % SHAPE_MULTIPLE == 0 &&
+        K <= MAX_K) {
+        return true;
+    }
+    fprintf(stderr, "int4_gemm: N, M and K must be positive multiples of %d and K at most %d (got N=%d M=%d K=%d)\n",
+            SHAPE_MULTIPLE, MAX_K, N, M, K);
+    return false;
+}
+
+// validates `version` on N x M x K, then times it and the two cuBLASLt baselines; false if validation fails
+static bool benchmark_shape(int version, int N, int M, int K) {
+    HostProblem h = make_host_problem(N, M, K);
+    DeviceProblem d = upload_problem(h);
+    bool full = (uint64_t)N * M * K <= FULL_CHECK_MAX_MACS;
+    char why[256];
+    double max_rel_err;
+    if (!run_and_validate(version, h, d, full, why, sizeof why, &max_rel_err)) {
+        printf("%5d x %5d x %5d  FAIL v%d: %s\n", N, M, K, version, why);
+        free_problem(d);
+        return false;
+    }
+    Int4GemmParams params = gemm_params(h, d, false);
+    float int4_ms = time_ms([&] { run_int4_gemm(version, params); });
+
+    // baselines on the same values; their outputs reuse the (already validated) output buffers
+    __nv_bfloat16* a_bf16 = unpacked_copy<__nv_bfloat16>(d.a, N, K);
+    __nv_bfloat16* b_bf16 = unpacked_copy<__nv_bfloat16>(d.b, M, K);
+    int8_t* a_int8 = unpacked_copy<int8_t>(d.a, N, K);
+    int8_t* b_int8 = unpacked_copy<int8_t>(d.b, M, K);
+    CublasLtGemm bf16_gemm = make_cublaslt_gemm(CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F, N, M, K,
+                                                d.bias);
+    CublasLtGemm int8_gemm = make_cublaslt_gemm(CUDA_R_8I, CUDA_R_32I, CUBLAS_COMPUTE_32I, CUDA_R_32I, N, M, K,
+                                                nullptr);
+    float alpha_f = 1.0f, beta_f = 0.0f;
+    int32_t alpha_i = 1, beta_i = 0;
+    float bf16_ms = time_ms([&] { run_cublaslt_gemm(bf16_gemm, &alpha_f, &beta_f, a_bf16, b_bf16, d.out); });
+    float int8_ms = time_ms([&] { run_cublaslt_gemm(int8_gemm, &alpha_i, &beta_i, a_int8, b_int8, d.acc); });
+
+    double ops = 2.0 * N * M * K;
+    double int4_tops = ops / (int4_ms * 1e9), bf16_tflops = ops / (bf16_ms * 1e9), int8_tops = ops / (int8_ms * 1e9);
+    printf("%5d x %5d x %5d  v%d %8.4f ms %7.1f TOP/s | bf16 %8.4f ms %7.1f TFLOP/s | int8 %8.4f ms %7.1f TOP/s | "
+           "int4/bf16 %5.2fx  int4/int8 %5.2fx | validated %s outputs, max bf16 rel err %.1e\n",
+           N, M, K, version, int4_ms, int4_tops, bf16_ms, bf16_tflops, int8_ms, int8_tops, int4_tops / bf16_tflops,
+           int4_tops / int8_tops, full ? "all" : "4096 sampled", max_rel_err);
+
+    destroy_cublaslt_gemm(bf16_gemm);
+    destroy_cublaslt_gemm(int8_gemm);
+    cudaCheck(cudaFree(a_bf16));
+    cudaCheck(cudaFree(b_bf16));
+    cudaCheck(cudaFree(a_int8));
+    cudaCheck(cudaFree(b_int8));
+    free_problem(d);
+    return true;
+}
+
+// --check: every version on one small shape, checked in full. 384 x 256 x 640 rather than a square power of two:
+// N != M catches swapped indices, and 5 k-tiles of 128 run version 4/5's pipeline past its 4 stages.
+static int run_check() {
+    const int N = 384, M = 256, K = 640;
+    HostProblem h = make_host_problem(N, M, K);
+    DeviceProblem d = upload_problem(h);
+    int failures = 0;
+    for (int version = 1; version <= NUM_VERSIONS; version++) {
+        char why[256];
+        double max_rel_err;
+        if (run_and_validate(version, h, d, true, why, sizeof why, &max_rel_err)) {
+            printf("PASS int4_gemm v%d (%d x %d x %d, int32 exact, max bf16 rel err %.1e)\n", version, N, M, K,
+                   max_rel_err);
+        } else {
+            printf("FAIL int4_gemm v%d (%d x %d x %d): %s\n", version, N, M, K, why);
+            failures++;
+        }
+    }
+    free_problem(d);
+    return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+int main(int argc, char** argv) {
+    bool check = argc == 2 && strcmp(argv[1], "--check") == 0;
+    if (!check && argc != 1 && argc != 2 && argc != 5) {
+        fprintf(stderr, "usage: %s [version 1-%d] [N M K]  |  %s --check\n", argv[0], NUM_VERSIONS, argv[0]);
+        return EXIT_FAILURE;
+    }
+    int version = argc >= 2 && !check ? atoi(argv[1]) : 0;
+    if (argc >= 2 && !check && (version < 1 || version > NUM_VERSIONS)) {
+        fprintf(stderr, "int4_gemm: unknown version %s (1-%d)\n", argv[1], NUM_VERSIONS);
+        return EXIT_FAILURE;
+    }
+    // GPT-2 124M's linear layers at B·T = 16384 tokens (N x M x K: proj, qkv, fc, fcproj), then larger ones
+    std::vector<int> shapes = {16384, 768, 768, 16384, 2304, 768, 16384, 3072, 768,
+                               16384, 768, 3072, 16384, 4096, 4096, 16384, 16384, 4096};
+    if (argc == 5) shapes = {atoi(argv[2]), atoi(argv[3]), atoi(argv[4])};
+    for (size_t i = 0; i < shapes.size(); i += 3) {
+        if (!shape_supported(shapes[i], shapes[i + 1], shapes[i + 2])) return EXIT_FAILURE;
+    }
+
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    matmul_setup();
+    if (check) {
+        int status = run_check();
+        matmul_teardown();
+        return status;
+    }
+    // by default the fastest version for the device: native s4 where INT4 tensor cores exist (sm_8x), else s8
+    if (version == 0) version = prop.major == 8 ? 5 : 4;
+    printf("int4_gemm version %d on %s (sm_%d%d); ratios are int4 TOP/s over the baseline's T(FL)OP/s\n", version,
+           prop.name, prop.major, prop.minor);
+    bool all_valid = true;
+    for (size_t i = 0; i < shapes.size(); i += 3) {
+        all_valid &= benchmark_shape(version, shapes[i], shapes[i + 1], shapes[i + 2]);
+    }
+    matmul_teardown();
+    return all_valid ? EXIT_SUCCESS : EXIT_FAILURE;
+}
