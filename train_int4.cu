@@ -1154,6 +1154,22 @@ template <typename T> int train(const TrainArgs& args) {
     gpt_init_parameters(host_master.data(), sizes, cfg, args.seed);
     std::copy(file_weights.begin(), file_weights.end(), host_master.begin());
     std::string out_dir = args.output_dir ? args.output_dir : "";
+    // resuming: the latest state file must belong to this run (config, precision, size) before anything
+    // is written or the GPU is touched
+    std::string state_path = args.resume ? latest_state_file(out_dir) : "";
+    if (args.resume) {
+        if (state_path.empty()) {
+            fprintf(stderr, "error: -y 1: no state_*.bin in %s\n", out_dir.c_str());
+            return EXIT_FAILURE;
+        }
+        int32_t header[256];
+        long file_size;
+        FILE* f = open_checked(state_path.c_str(), header, STATE_MAGIC, "state file", &file_size);
+        size_t total = n_params + (quant.enabled ? (size_t)cfg.num_layers * 8 : 0);
+        bool ok = f && state_header_check(header, file_size, cfg, args.precision, total, state_path.c_str());
+        if (f) fclose(f);
+        if (!ok) return EXIT_FAILURE;
+    }
     FILE* log = nullptr;
     if (!out_dir.empty()) {
         for (size_t i = 1; i <= out_dir.size(); i++) {  // mkdir -p
@@ -1193,17 +1209,12 @@ template <typename T> int train(const TrainArgs& args) {
     model.seed = args.seed;
     TrainState state = {0, 0, 0, args.seed, (int)args.precision};
     if (args.resume) {
-        std::string path = latest_state_file(out_dir);
-        if (path.empty()) {
-            fprintf(stderr, "error: -y 1: no state_*.bin in %s\n", out_dir.c_str());
-            return EXIT_FAILURE;
-        }
-        if (!load_state(&model, path.c_str(), &state) ||
+        if (!load_state(&model, state_path.c_str(), &state) ||
             (task != TASK_CLASSIFY && !dataloader_seek(&data.train_loader, state.shard, state.position))) {
-            fprintf(stderr, "error: cannot resume from %s\n", path.c_str());
+            fprintf(stderr, "error: cannot resume from %s\n", state_path.c_str());
             return EXIT_FAILURE;
         }
-        printf("resumed from %s at step %d\n", path.c_str(), state.step);
+        printf("resumed from %s at step %d\n", state_path.c_str(), state.step);
     }
     int grad_accum = (int)(args.total_batch / ((long)args.B * args.T));
     OptimizerConfig opt = {args.learning_rate, 0.9f, 0.95f, 1e-8f, args.weight_decay, args.grad_clip};

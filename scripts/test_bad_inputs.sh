@@ -118,3 +118,35 @@ expect_error "task held-out label unknown" "has label 'c', which the training fi
 expect_error "GPT model file with -m bert" "tiny_model.bin is a GPT model; use -m gpt" ./train_int4 -m bert -e "$tmp/tiny_model.bin"
 expect_error "BERT model file without -m bert" "bert_3class.bin is a BERT model; use -m bert" ./train_int4 -e "$tmp/bert_3class.bin" -t 8
 expect_error "classifier classes differ from the task" "has a classifier with 3 classes, $tmp/task_ab.tsv needs 2" ./train_int4 -m bert -e "$tmp/bert_3class.bin" -t 8 -f "$tmp/task_ab.tsv"
+
+# state files for -y 1 (a run of -e 1:8:1, bf16): checked against the run before anything is written
+python3 - "$tmp" <<'PYEOF'
+import os, struct, sys
+d = sys.argv[1]
+maxT, V, Vp, L, NH, C = 1024, 256, 256, 1, 1, 8
+n = Vp * C + maxT * C + L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C) + 2 * C
+def state(name, magic=20261124, version=1, precision=1, config=(maxT, V, Vp, L, NH, C), cut=0):
+    os.makedirs(f"{d}/{name}", exist_ok=True)
+    h = [0] * 256
+    h[0], h[1], h[2], h[6], h[7] = magic, version, 5, 1337, precision
+    h[8:14] = config
+    raw = bytearray(struct.pack("<256i", *h))
+    raw[14 * 4:16 * 4] = struct.pack("<Q", n)
+    raw += b"\0" * (3 * n * 4)
+    open(f"{d}/{name}/state_00000005.bin", "wb").write(raw[:len(raw) - cut])
+state("st_trunc", cut=100)
+state("st_magic", magic=77)
+state("st_version", version=7)
+state("st_other_run", config=(maxT, V, Vp, 2, NH, C))
+state("st_precision", precision=2)
+os.makedirs(f"{d}/st_none", exist_ok=True)
+PYEOF
+st="-e 1:8:1 -t 8 -b 1 -y 1"
+expect_error "state file missing" "-y 1: no state_\*.bin in $tmp/st_none" ./train_int4 $st -o "$tmp/st_none"
+expect_error "state file truncated" "state_00000005.bin: [0-9]* bytes, expected [0-9]* (truncated?)" ./train_int4 $st -o "$tmp/st_trunc"
+expect_error "state file wrong magic" "bad magic 77, expected 20261124 (not a state file)" ./train_int4 $st -o "$tmp/st_magic"
+expect_error "state file wrong version" "state version 7, expected 1" ./train_int4 $st -o "$tmp/st_version"
+expect_error "state file from another run" "model config (maxT 1024, V 256, Vp 256, L 2, NH 1, C 8, gpt, 0 classes) differs" ./train_int4 $st -o "$tmp/st_other_run"
+expect_error "state file of another precision" "written by a int4 run, this run is bf16" ./train_int4 $st -o "$tmp/st_precision"
+if ls "$tmp"/st_*/main.log >/dev/null 2>&1; then echo "FAIL state files rejected before anything is written: a main.log exists"
+else echo "PASS state files rejected before anything is written: no main.log in any of the -o folders"; fi
