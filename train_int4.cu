@@ -162,7 +162,7 @@ template <typename T> struct GPT {
     float* lsq_grads;                 // grads_memory + num_parameters
     bool steps_initialised;
     QuantScratch quant;
-    std::vector<float> kept_fraction, variance_proxy;  // per quantized linear (layer*4 + which), last backward
+    float* lss_stats;                 // (L*4, 2) device: per linear, the last backward's LSS kept fraction, variance proxy
     double* qstats_scratch;
     float dropout;                    // residual-branch dropout of the last forward (0 in evaluation)
     uint32_t seed, micro_step;        // dropout masks: streams (micro_step, layer*4 + branch, RNG_USE_DATA)
@@ -296,8 +296,8 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     cudaCheck(cudaMalloc(&model->norm, sizeof(float)));
     cudaCheck(cudaMalloc(&model->qstats_scratch, 4 * sizeof(double)));
     if (model->int4) quant_scratch_alloc(&model->quant, BT, 4 * cfg.channels);
-    model->kept_fraction.assign(cfg.num_layers * 4, 0.0f);
-    model->variance_proxy.assign(cfg.num_layers * 4, 0.0f);
+    cudaCheck(cudaMalloc(&model->lss_stats, (size_t)cfg.num_layers * 8 * sizeof(float)));
+    cudaCheck(cudaMemset(model->lss_stats, 0, (size_t)cfg.num_layers * 8 * sizeof(float)));
 }
 
 template <typename T> void gpt_free(GPT<T>* model) {
@@ -305,7 +305,7 @@ template <typename T> void gpt_free(GPT<T>* model) {
     if (model->int4) quant_scratch_free(&model->quant);
     void* buffers[] = {model->master_memory, model->grads_memory, model->m_memory, model->v_memory,
                        model->acts_memory, model->inputs, model->targets, model->buckets, model->norm,
-                       model->qstats_scratch};
+                       model->qstats_scratch, model->lss_stats};
     for (void* p : buffers) cudaCheck(cudaFree(p));
     cudaCheck(cudaStreamDestroy(model->stream));
 }
@@ -383,9 +383,7 @@ void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, fl
     quant_linear_backward(dinp, dw, db, model->lsq_grads + offset, model->lsq_grads + offset + 1, dout, inp, w, N, K,
                           M, model->hadamard_block, model->lsq_steps + offset, model->lsq_steps + offset + 1,
                           model->keep_ratio, model->seed, model->micro_step, (uint32_t)(layer * 4 + which),
-                          model->quant, model->acts.reduce, model->stream);
-    model->kept_fraction[layer * 4 + which] = model->quant.last_kept_fraction;
-    model->variance_proxy[layer * 4 + which] = model->quant.last_variance_proxy;
+                          model->lss_stats + (layer * 4 + which) * 2, model->quant, model->acts.reduce, model->stream);
 }
 
 // -qstats telemetry, per quantized linear, from the last micro-batch's activations and the current weights:
@@ -395,8 +393,9 @@ void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, fl
 template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
     const int N = model->B * model->T_, C = model->config.channels, g = model->hadamard_block;
     static const char* names[4] = {"qkv", "attproj", "fc", "fcproj"};
-    std::vector<float> steps(model->num_steps);
+    std::vector<float> steps(model->num_steps), lss((size_t)model->config.num_layers * 8);
     cudaCheck(cudaMemcpy(steps.data(), model->lsq_steps, steps.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(lss.data(), model->lss_stats, lss.size() * sizeof(float), cudaMemcpyDeviceToHost));
     double mean_x_had = 0.0, mean_x_plain = 0.0;
     int count = 0;
     for (int l = 0; l < model->config.num_layers; l++) {
@@ -416,7 +415,7 @@ template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
             fprintf(out, "s:%d l:%d lin:%s xerr:%.5f xerr_plain:%.5f werr:%.5f werr_plain:%.5f xout:%.3f wout:%.3f "
                     "sx:%.5g sw:%.5g kept:%.4f varproxy:%.4g\n", step, l, names[w], xh.relative_error, xp.relative_error,
                     wh.relative_error, wp.relative_error, xh.outlier_ratio, wh.outlier_ratio, sx, sw,
-                    model->kept_fraction[l * 4 + w], model->variance_proxy[l * 4 + w]);
+                    lss[(l * 4 + w) * 2], lss[(l * 4 + w) * 2 + 1]);
             mean_x_had += xh.relative_error;
             mean_x_plain += xp.relative_error;
             count++;

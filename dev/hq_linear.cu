@@ -85,6 +85,8 @@ static bool run_checks() {
                             &dsteps_ref[0], &dsteps_ref[1]);
     float *d_x = upload<float>(x), *d_w = upload<float>(w), *d_b = upload<float>(b), *d_dy = upload<float>(dy);
     float *d_steps = upload<float>(std::vector<float>(steps, steps + 2)), *d_y, *d_dx, *d_dw, *d_db, *d_dsteps, *d_reduce;
+    float* d_lss_stats;
+    cudaCheck(cudaMalloc(&d_lss_stats, 2 * sizeof(float)));
     cudaCheck(cudaMalloc(&d_y, (size_t)N * M * sizeof(float)));
     cudaCheck(cudaMalloc(&d_dx, (size_t)N * K * sizeof(float)));
     cudaCheck(cudaMalloc(&d_dw, (size_t)M * K * sizeof(float)));
@@ -98,7 +100,7 @@ static bool run_checks() {
     quant_scratch_alloc(&scratch, N, std::max(M, K));
     quant_linear_forward(d_y, d_x, d_w, d_b, N, K, M, HADAMARD_BLOCK, d_steps, d_steps + 1, scratch, 0);
     quant_linear_backward(d_dx, d_dw, d_db, d_dsteps, d_dsteps + 1, d_dy, d_x, d_w, N, K, M, HADAMARD_BLOCK, d_steps,
-                          d_steps + 1, KEEP_RATIO, SEED, 0, 0, scratch, d_reduce, 0);
+                          d_steps + 1, KEEP_RATIO, SEED, 0, 0, d_lss_stats, scratch, d_reduce, 0);
     struct { const char* name; const float* device; const std::vector<float>* reference; } exact[] = {
         {"y", d_y, &y_ref}, {"dX", d_dx, &dx_ref}, {"dW", d_dw, &dw_ref}};
     bool ok = true;
@@ -126,7 +128,7 @@ static bool run_checks() {
         ok = ok && worst <= 1e-5f;
     }
     quant_scratch_free(&scratch);
-    for (float* p : {d_x, d_w, d_b, d_dy, d_steps, d_y, d_dx, d_dw, d_db, d_dsteps, d_reduce}) cudaCheck(cudaFree(p));
+    for (float* p : {d_x, d_w, d_b, d_dy, d_steps, d_y, d_dx, d_dw, d_db, d_dsteps, d_reduce, d_lss_stats}) cudaCheck(cudaFree(p));
     return ok;
 }
 
@@ -153,7 +155,8 @@ static void benchmark_shape(int N, int M, int K) {
     fill_inputs(&x, &w, &b, &dy, N, M, K);
     bf16 *d_x = upload<bf16>(x), *d_w = upload<bf16>(w), *d_b = upload<bf16>(b), *d_dy = upload<bf16>(dy), *d_y, *d_dx;
     float steps[2] = {0.5f, 0.004f};  // about what LSQ's init gives these inputs
-    float *d_steps = upload<float>(std::vector<float>(steps, steps + 2)), *d_dw, *d_db, *d_dsteps, *d_reduce;
+    float *d_steps = upload<float>(std::vector<float>(steps, steps + 2)), *d_dw, *d_db, *d_dsteps, *d_reduce, *d_lss_stats;
+    cudaCheck(cudaMalloc(&d_lss_stats, 2 * sizeof(float)));
     cudaCheck(cudaMalloc(&d_y, (size_t)N * M * sizeof(bf16)));
     cudaCheck(cudaMalloc(&d_dx, (size_t)N * K * sizeof(bf16)));
     cudaCheck(cudaMalloc(&d_dw, (size_t)M * K * sizeof(float)));
@@ -170,7 +173,7 @@ static void benchmark_shape(int N, int M, int K) {
     float int4_fwd = time_ms([&] { quant_linear_forward(d_y, d_x, d_w, d_b, N, K, M, HADAMARD_BLOCK, d_steps, d_steps + 1, s, 0); });
     float int4_bwd = time_ms([&] {
         quant_linear_backward(d_dx, d_dw, d_db, d_dsteps, d_dsteps + 1, d_dy, d_x, d_w, N, K, M, HADAMARD_BLOCK, d_steps,
-                              d_steps + 1, KEEP_RATIO, SEED, 0, 0, s, d_reduce, 0);
+                              d_steps + 1, KEEP_RATIO, SEED, 0, 0, d_lss_stats, s, d_reduce, 0);
     });
     float fwd_no_wq = int4_fwd - weight_quant;
     printf("%6d x %5d x %5d | bf16 fwd %7.3f ms %5.0f TF/s, bwd %7.3f ms | int8 GEMM %7.3f ms %5.0f TOP/s | "
@@ -179,7 +182,7 @@ static void benchmark_shape(int N, int M, int K) {
            fwd_no_wq, bf16_fwd / fwd_no_wq, int4_bwd, bf16_bwd / int4_bwd, (bf16_fwd + bf16_bwd) / (fwd_no_wq + int4_bwd));
     quant_scratch_free(&s);
     for (void* p : {(void*)d_x, (void*)d_w, (void*)d_b, (void*)d_dy, (void*)d_y, (void*)d_dx, (void*)d_steps,
-                    (void*)d_dw, (void*)d_db, (void*)d_dsteps, (void*)d_reduce}) {
+                    (void*)d_dw, (void*)d_db, (void*)d_dsteps, (void*)d_reduce, (void*)d_lss_stats}) {
         cudaCheck(cudaFree(p));
     }
 }

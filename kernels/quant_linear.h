@@ -2,14 +2,16 @@
 // backward, as kernels/int4_reference.h computes it on the CPU (same scalar functions, same FP32 order).
 // INT4 codes are held one per int8 and multiplied on the s8 tensor cores through cuBLASLt (INT32
 // accumulation): the integers are exactly those of an INT4 GEMM, and a bit-split gradient (14·high + low)
-// is one INT8 operand. This is the straightforward path: codes are recomputed from the saved BF16/FP32
-// input in the backward, transposes are separate passes, and LSS water-filling runs on the host (one
-// synchronisation per layer backward). Fused, packed kernels are what dev/ is for.
+// is one INT8 operand. Nothing here allocates or waits for the host: LSS runs on the device (kernels/lss.h)
+// and the ∇W GEMM reduces over a fixed length (all token rows, padded to 16; the kept rows first, the rest
+// zero), because cuBLASLt needs its sizes on the host — so ρ < 1 lowers the estimator's cost in a GEMM that
+// can read n_kept on the device, not here. Codes are recomputed from the saved BF16/FP32 input in the
+// backward and transposes are separate passes; the fused, packed variants are in dev/.
 #pragma once
-#include <vector>
+#include <algorithm>
 #include "common.h"
 #include "int4_math.h"
-#include "int4_reference.h"
+#include "lss.h"
 #include "matmul.h"
 #include "rng.h"
 
@@ -82,51 +84,29 @@ __global__ void bitsplit_rows_kernel(int8_t* operand, float* row_scale, const T*
     }
 }
 
-// LSS scores ‖dy_i‖·‖x̂_i‖ with x̂ = |s_x|·codes; one block per row (FP32 sums; the host reference uses
-// float64, which moves a probability by an ulp at most)
-template <typename T>
-__global__ void lss_scores_kernel(float* scores, const T* dy, int M, const int8_t* codes_x, int K, const float* step_x) {
-    __shared__ float shared[2][32];
-    long row = blockIdx.x;
-    float a = 0.0f, b = 0.0f;
-    for (int c = threadIdx.x; c < M; c += blockDim.x) { float v = to_float(dy[row * M + c]); a += v * v; }
-    for (int c = threadIdx.x; c < K; c += blockDim.x) { float v = (float)codes_x[row * K + c]; b += v * v; }
-    for (int offset = 16; offset > 0; offset /= 2) {
-        a += __shfl_xor_sync(0xffffffff, a, offset);
-        b += __shfl_xor_sync(0xffffffff, b, offset);
-    }
-    if (threadIdx.x % 32 == 0) { shared[0][threadIdx.x / 32] = a; shared[1][threadIdx.x / 32] = b; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        a = b = 0.0f;
-        for (int w = 0; w < (int)blockDim.x / 32; w++) { a += shared[0][w]; b += shared[1][w]; }
-        scores[row] = sqrtf(a) * sqrtf(b) * fabsf(*step_x);
-    }
-}
-
 // the largest |dy_i / p_i| over kept rows (as float bits, for atomicMax on non-negative floats)
 template <typename T>
 __global__ void kept_absmax_kernel(unsigned int* absmax_bits, const T* dy, int M, const int* kept_rows,
-                                   const float* kept_probs, int n_kept) {
+                                   const float* kept_probs, const int* n_kept) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n_kept * M) return;
+    if (i >= (long)*n_kept * M) return;
     int j = i / M, c = i % M;
     float v = fabsf(__fdiv_rn(to_float(dy[(long)kept_rows[j] * M + c]), kept_probs[j]));
     atomicMax(absmax_bits, __float_as_uint(v));
 }
 
 // for kept row j (original row i): operand_t[c][j] = bitsplit(dy[i][c] / p_j) with u = rng(key, i·M + c),
-// codes_t[k][j] = codes_x[i][k]; columns j >= n_kept (padding up to a multiple of 16) are zero.
+// codes_t[k][j] = codes_x[i][k]; columns j >= *n_kept (up to n_padded) are zero.
 // One thread per (j, c) for the operand and per (j, k) for the codes.
 template <typename T>
 __global__ void lss_gather_kernel(int8_t* operand_t, int8_t* codes_t, const T* dy, const int8_t* codes_x, int M, int K,
-                                  const int* kept_rows, const float* kept_probs, int n_kept, int n_padded,
+                                  const int* kept_rows, const float* kept_probs, const int* n_kept, int n_padded,
                                   const unsigned int* absmax_bits, uint32_t key) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long width = M > K ? M : K;
     if (i >= (long)n_padded * width) return;
     int j = i / width, c = i % width;
-    bool real = j < n_kept;
+    bool real = j < *n_kept;
     if (c < M) {
         int8_t op = 0;
         if (real) {
@@ -146,7 +126,7 @@ __global__ void lss_gather_kernel(int8_t* operand_t, int8_t* codes_t, const T* d
 // Step-gradient partials: one per thread block, summed in order by lsq_step_grad_finish_kernel.
 template <typename TIn, typename TOut>
 __global__ void quant_backward_finish_kernel(TOut* out, bool accumulate, float* step_partials, const int32_t* acc,
-                                             const float* row_coef, float tensor_coef, const TIn* v, int rows, int K,
+                                             const float* row_coef, const float* tensor_coef, const TIn* v, int rows, int K,
                                              int g, const float* step) {
     __shared__ float shared[32];
     int blocks_per_row = K / g;
@@ -155,7 +135,7 @@ __global__ void quant_backward_finish_kernel(TOut* out, bool accumulate, float* 
     if (b < (long)rows * blocks_per_row) {
         int row = b / blocks_per_row, col0 = (b % blocks_per_row) * g;
         float step_abs = fabsf(*step);
-        float coef = row_coef ? row_coef[row] : tensor_coef;
+        float coef = row_coef ? row_coef[row] : *tensor_coef;
         float v_tilde[128], grad[128];
         for (int i = 0; i < g; i++) v_tilde[i] = to_float(v[(long)row * K + col0 + i]);
         hadamard_block_inplace(v_tilde, g);
@@ -188,6 +168,12 @@ __global__ void lsq_step_grad_finish_kernel(float* grad_step, const float* parti
     *grad_step += *step > 0.0f ? g : (*step < 0.0f ? -g : 0.0f);
 }
 
+// the ∇W coefficient |s_x| / scale of the per-tensor bit split, scale = 98 / max|dy_i / p_i| (0 if all zero)
+__global__ void tensor_coef_kernel(float* coef, const unsigned int* absmax_bits, const float* step_x) {
+    float scale = bitsplit_scale(__uint_as_float(*absmax_bits));
+    *coef = scale > 0.0f ? F32_DIV(fabsf(*step_x), scale) : 0.0f;
+}
+
 // row_coef[i] = |s_w| / scale_i (0 for an all-zero row)
 __global__ void row_coef_kernel(float* coef, const float* row_scale, int rows, const float* step_w) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -198,16 +184,9 @@ __global__ void row_coef_kernel(float* coef, const float* row_scale, int rows, c
 struct QuantScratch {
     int8_t *codes_x, *codes_w, *codes_w_t, *operand, *operand_t, *codes_x_t;
     int32_t* acc;
-    float *row_scale, *row_coef, *scores, *kept_probs, *step_partials;
-    int* kept_rows;
+    float *row_scale, *row_coef, *scores, *kept_probs, *step_partials, *tensor_coef;
+    int *kept_rows, *n_kept;
     unsigned int* absmax_bits;
-    std::vector<float> host_scores, host_probs;
-    std::vector<uint8_t> host_keep;
-    std::vector<int> host_kept_rows;
-    std::vector<float> host_kept_probs;
-    // of the last backward, for telemetry: kept fraction of the token rows, and the LSS variance proxy
-    // Σ(1/p − 1)·score² / (Σ score)² (the estimator's extra variance relative to the squared total score)
-    float last_kept_fraction, last_variance_proxy;
 };
 
 #define QUANT_THREADS 128
@@ -229,11 +208,14 @@ inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
     cudaCheck(cudaMalloc(&s->kept_rows, N * sizeof(int)));
     cudaCheck(cudaMalloc(&s->step_partials, CEIL_DIV(big, QUANT_THREADS * 16) * sizeof(float) + 4096));
     cudaCheck(cudaMalloc(&s->absmax_bits, sizeof(unsigned int)));
+    cudaCheck(cudaMalloc(&s->n_kept, sizeof(int)));
+    cudaCheck(cudaMalloc(&s->tensor_coef, sizeof(float)));
 }
 
 inline void quant_scratch_free(QuantScratch* s) {
     void* buffers[] = {s->codes_x, s->codes_w, s->codes_w_t, s->operand, s->operand_t, s->codes_x_t, s->acc,
-                       s->row_scale, s->row_coef, s->scores, s->kept_probs, s->kept_rows, s->step_partials, s->absmax_bits};
+                       s->row_scale, s->row_coef, s->scores, s->kept_probs, s->kept_rows, s->step_partials, s->absmax_bits,
+                       s->n_kept, s->tensor_coef};
     for (void* p : buffers) cudaCheck(cudaFree(p));
 }
 
@@ -257,12 +239,14 @@ void quant_linear_forward(T* out, const T* inp, const T* weight, const T* bias, 
 }
 
 // BS + LSS backward: dinp (N x K) written, dweight (M x K) and dbias (M) accumulated (FP32), the two step
-// gradients accumulated. Draws: streams (micro_step, linear_index, use) of seed, as the reference.
+// gradients accumulated; lss_stats (device, 2 floats): the kept fraction and variance proxy (telemetry).
+// Draws: streams (micro_step, linear_index, use) of seed, as the reference.
 template <typename T>
 void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x, float* dstep_w, const T* dout,
                            const T* inp, const T* weight, int N, int K, int M, int g, const float* step_x,
                            const float* step_w, float keep_ratio, uint32_t seed, uint32_t micro_step,
-                           uint32_t linear_index, QuantScratch& s, float* reduce_scratch, cudaStream_t stream) {
+                           uint32_t linear_index, float* lss_stats, QuantScratch& s, float* reduce_scratch,
+                           cudaStream_t stream) {
     // recompute the forward's codes (steps are unchanged within a micro-step); the weight also transposed
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, s.codes_w_t, weight, M, K, g, step_w, stream);
@@ -275,64 +259,35 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     row_coef_kernel<<<CEIL_DIV(N, 256), 256, 0, stream>>>(s.row_coef, s.row_scale, N, step_w);
     long blocks_x = CEIL_DIV((long)N * (K / g), QUANT_THREADS);
     quant_backward_finish_kernel<<<blocks_x, QUANT_THREADS, 0, stream>>>(dinp, false, s.step_partials, s.acc, s.row_coef,
-                                                                        0.0f, inp, N, K, g, step_x);
+                                                                        (const float*)nullptr, inp, N, K, g, step_x);
     cudaCheck(cudaGetLastError());
     lsq_step_grad_finish_kernel<<<1, 1, 0, stream>>>(dstep_x, s.step_partials, (int)blocks_x, step_x, (double)N * K);
-    // ∇W: leverage scores on the device, water-filling and the Bernoulli keep on the host (the CPU reference
-    // functions), kept rows gathered and bit-split with one tensor scale, s8 GEMM over the kept rows
+    // ∇W: leverage scores, water-filling, keep and compaction on the device; kept rows gathered (scaled by
+    // 1/p) and bit-split with one tensor scale; the s8 GEMM over n_padded token columns (zeros past n_kept)
     lss_scores_kernel<<<N, 256, 0, stream>>>(s.scores, dout, M, s.codes_x, K, step_x);
     cudaCheck(cudaGetLastError());
-    s.host_scores.resize(N);
-    s.host_probs.resize(N);
-    s.host_keep.resize(N);
-    cudaCheck(cudaMemcpyAsync(s.host_scores.data(), s.scores, N * sizeof(float), cudaMemcpyDeviceToHost, stream));
-    float step_x_host;
-    cudaCheck(cudaMemcpyAsync(&step_x_host, step_x, sizeof(float), cudaMemcpyDeviceToHost, stream));
-    cudaCheck(cudaStreamSynchronize(stream));
-    lss_probabilities_cpu(s.host_scores.data(), N, keep_ratio, s.host_probs.data());
-    lss_keep_cpu(s.host_probs.data(), N, seed, rng_stream_train(micro_step, linear_index, RNG_USE_LSS_KEEP), s.host_keep.data());
-    s.host_kept_rows.clear();
-    s.host_kept_probs.clear();
-    for (int i = 0; i < N; i++) {
-        if (s.host_keep[i]) { s.host_kept_rows.push_back(i); s.host_kept_probs.push_back(s.host_probs[i]); }
-    }
-    int n_kept = (int)s.host_kept_rows.size();
-    double extra = 0.0, total = 0.0;
-    for (int i = 0; i < N; i++) {
-        total += s.host_scores[i];
-        if (s.host_probs[i] > 0.0f) extra += (1.0 / s.host_probs[i] - 1.0) * s.host_scores[i] * s.host_scores[i];
-    }
-    s.last_kept_fraction = (float)n_kept / N;
-    s.last_variance_proxy = total > 0.0 ? (float)(extra / (total * total)) : 0.0f;
-    int n_padded = CEIL_DIV(std::max(n_kept, 1), 16) * 16;  // the GEMM's reduction length, zero-padded
-    if (n_kept > 0) {
-        cudaCheck(cudaMemcpyAsync(s.kept_rows, s.host_kept_rows.data(), n_kept * sizeof(int), cudaMemcpyHostToDevice, stream));
-        cudaCheck(cudaMemcpyAsync(s.kept_probs, s.host_kept_probs.data(), n_kept * sizeof(float), cudaMemcpyHostToDevice, stream));
-    }
+    uint32_t key_keep = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_LSS_KEEP));
+    lss_keep_rows_kernel<<<1, LSS_KEEP_THREADS, 0, stream>>>(s.kept_rows, s.kept_probs, s.n_kept, lss_stats, s.scores,
+                                                             N, keep_ratio, key_keep);
+    cudaCheck(cudaGetLastError());
     cudaCheck(cudaMemsetAsync(s.absmax_bits, 0, sizeof(unsigned int), stream));
-    if (n_kept > 0) {
-        kept_absmax_kernel<<<CEIL_DIV((long)n_kept * M, 256), 256, 0, stream>>>(s.absmax_bits, dout, M, s.kept_rows,
-                                                                               s.kept_probs, n_kept);
-        cudaCheck(cudaGetLastError());
-    }
+    kept_absmax_kernel<<<CEIL_DIV((long)N * M, 256), 256, 0, stream>>>(s.absmax_bits, dout, M, s.kept_rows,
+                                                                       s.kept_probs, s.n_kept);
+    cudaCheck(cudaGetLastError());
     uint32_t key_dw = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_DW_ROUND));
+    int n_padded = CEIL_DIV(N, 16) * 16;
     long gather = (long)n_padded * std::max(M, K);
     lss_gather_kernel<<<CEIL_DIV(gather, 256), 256, 0, stream>>>(s.operand_t, s.codes_x_t, dout, s.codes_x, M, K,
-                                                                 s.kept_rows, s.kept_probs, n_kept, n_padded,
+                                                                 s.kept_rows, s.kept_probs, s.n_kept, n_padded,
                                                                  s.absmax_bits, key_dw);
     cudaCheck(cudaGetLastError());
     int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, stream);  // row-major M x K
-    // the tensor coefficient |s_x| / scale needs the scale: computed on the host from the absmax bits
-    unsigned int absmax_bits;
-    cudaCheck(cudaMemcpyAsync(&absmax_bits, s.absmax_bits, sizeof absmax_bits, cudaMemcpyDeviceToHost, stream));
-    cudaCheck(cudaStreamSynchronize(stream));
-    float absmax;
-    memcpy(&absmax, &absmax_bits, sizeof absmax);
-    float scale = bitsplit_scale(absmax);
-    float coef_w = scale > 0.0f ? F32_DIV(fabsf(step_x_host), scale) : 0.0f;
+    tensor_coef_kernel<<<1, 1, 0, stream>>>(s.tensor_coef, s.absmax_bits, step_x);
+    cudaCheck(cudaGetLastError());
     long blocks_w = CEIL_DIV((long)M * (K / g), QUANT_THREADS);
     quant_backward_finish_kernel<<<blocks_w, QUANT_THREADS, 0, stream>>>(dweight, true, s.step_partials, s.acc,
-                                                                        (const float*)nullptr, coef_w, weight, M, K, g, step_w);
+                                                                        (const float*)nullptr, s.tensor_coef, weight, M,
+                                                                        K, g, step_w);
     cudaCheck(cudaGetLastError());
     lsq_step_grad_finish_kernel<<<1, 1, 0, stream>>>(dstep_w, s.step_partials, (int)blocks_w, step_w, (double)M * K);
     cudaCheck(cudaGetLastError());
