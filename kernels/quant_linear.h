@@ -31,23 +31,64 @@ inline void int8_matmul_tn(int32_t* c, const int8_t* a, const int8_t* b, int m, 
     cublaslt_run(desc, layout_a, layout_b, layout_c, &alpha, a, b, &beta, c, stream);
 }
 
-// codes = q(v·H) for a (rows x K) tensor at step |*step|, optionally also the transpose (K x rows);
-// one thread per (row, block of g values), the block held in registers/local memory
-template <typename T>
-__global__ void hadamard_quantize_kernel(int8_t* codes, int8_t* codes_transposed, const T* v, int rows, int K, int g,
+// The block Hadamard transform of 32·R consecutive values held by a warp, lane l holding values l + 32r
+// (R = max(1, G/32)): stages h < 32 exchange with lane l ^ h, stages h >= 32 pair registers r and r + h/32.
+// Every stage forms the same a+b / a−b from the same operands as hadamard_block_inplace, so the result is
+// bit-identical to it. For G = 16 a warp holds two blocks and the exchanges stay within each half.
+template <int G>
+__device__ __forceinline__ void hadamard_warp(float* v) {
+    constexpr int R = G >= 32 ? G / 32 : 1;
+    int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int h = 1; h < G; h *= 2) {
+        if (h < 32) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float partner = __shfl_xor_sync(0xffffffff, v[r], h);
+                v[r] = (lane & h) ? F32_SUB(partner, v[r]) : F32_ADD(v[r], partner);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r & (h / 32)) continue;
+                float a = v[r], b = v[r + h / 32];
+                v[r] = F32_ADD(a, b);
+                v[r + h / 32] = F32_SUB(a, b);
+            }
+        }
+    }
+    float norm = hadamard_norm(G);
+#pragma unroll
+    for (int r = 0; r < R; r++) v[r] = F32_MUL(v[r], norm);
+}
+
+// codes = q(v·H) for a (rows x K) tensor at step |*step|, one INT4 code per byte (the s8 GEMM's operand),
+// optionally also the transpose (K x rows). One warp per 32·R consecutive values of the flat tensor (blocks
+// never cross rows), coalesced loads, the transform in registers (hadamard_warp). A warp-level take on
+// dev/hadamard_quantize.cu version 2, writing int8 codes instead of packed nibbles.
+template <typename T, int G>
+__global__ void hadamard_quantize_kernel(int8_t* codes, int8_t* codes_transposed, const T* v, int rows, int K,
                                          const float* step) {
-    int blocks_per_row = K / g;
-    long b = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= (long)rows * blocks_per_row) return;
-    int row = b / blocks_per_row, col0 = (b % blocks_per_row) * g;
-    float block[128];
-    for (int i = 0; i < g; i++) block[i] = to_float(v[(long)row * K + col0 + i]);
-    hadamard_block_inplace(block, g);
+    constexpr int R = G >= 32 ? G / 32 : 1;
+    long total = (long)rows * K;
+    long base = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32 * (32 * R);
+    if (base >= total) return;  // the whole warp: base is the same in every lane
+    int lane = threadIdx.x % 32;
+    float x[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        long e = base + lane + 32 * r;
+        x[r] = e < total ? to_float(v[e]) : 0.0f;  // a tail of whole 16-blocks (G = 16 only)
+    }
+    hadamard_warp<G>(x);
     float step_abs = fabsf(*step);
-    for (int i = 0; i < g; i++) {
-        int8_t q = (int8_t)quantize_int4(block[i], step_abs);
-        codes[(long)row * K + col0 + i] = q;
-        if (codes_transposed) codes_transposed[(long)(col0 + i) * rows + row] = q;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        long e = base + lane + 32 * r;
+        if (e >= total) continue;
+        int8_t q = (int8_t)quantize_int4(x[r], step_abs);
+        codes[e] = q;
+        if (codes_transposed) codes_transposed[(e % K) * rows + e / K] = q;
     }
 }
 
@@ -120,34 +161,43 @@ __global__ void lss_gather_kernel(int8_t* operand_t, int8_t* codes_t, const T* d
     if (c < K) codes_t[(long)c * n_padded + j] = real ? codes_x[(long)kept_rows[j] * K + c] : 0;
 }
 
-// Backward finish for one operand, per (row, block of g): v̂-gradient = acc · coef (coef per row, or the
-// tensor's), straight-through mask on ṽ = v·H (recomputed), step-gradient partial Σ v̂-grad · term(ṽ), and
-// the gradient back through H. out: written (TOut = activation type) or accumulated (FP32 weight gradient).
+// Backward finish for one operand: v̂-gradient = acc · coef (coef per row, or the tensor's), the
+// straight-through mask on ṽ = v·H (recomputed), step-gradient partial Σ v̂-grad · term(ṽ), and the gradient
+// back through H. out: written (TOut = activation type) or accumulated (FP32 weight gradient). Threads map to
+// values as in hadamard_quantize_kernel (a warp per 32·R values), in a grid-stride loop over a fixed grid.
 // Step-gradient partials: one per thread block, summed in order by lsq_step_grad_finish_kernel.
-template <typename TIn, typename TOut>
+template <typename TIn, typename TOut, int G>
 __global__ void quant_backward_finish_kernel(TOut* out, bool accumulate, float* step_partials, const int32_t* acc,
-                                             const float* row_coef, const float* tensor_coef, const TIn* v, int rows, int K,
-                                             int g, const float* step) {
+                                             const float* row_coef, const float* tensor_coef, const TIn* v, int rows,
+                                             int K, const float* step) {
+    constexpr int R = G >= 32 ? G / 32 : 1;
     __shared__ float shared[32];
-    int blocks_per_row = K / g;
-    long b = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    long total = (long)rows * K;
+    long warp = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32, warps = (long)gridDim.x * blockDim.x / 32;
+    int lane = threadIdx.x % 32;
     float partial = 0.0f;
-    if (b < (long)rows * blocks_per_row) {
-        int row = b / blocks_per_row, col0 = (b % blocks_per_row) * g;
-        float step_abs = fabsf(*step);
-        float coef = row_coef ? row_coef[row] : *tensor_coef;
-        float v_tilde[128], grad[128];
-        for (int i = 0; i < g; i++) v_tilde[i] = to_float(v[(long)row * K + col0 + i]);
-        hadamard_block_inplace(v_tilde, g);
-        for (int i = 0; i < g; i++) {
-            float grad_hat = __fmul_rn((float)acc[(long)row * K + col0 + i], coef);
-            partial += grad_hat * lsq_step_grad_term(v_tilde[i], step_abs);
-            grad[i] = __fmul_rn(grad_hat, lsq_in_range(v_tilde[i], step_abs) ? 1.0f : 0.0f);
+    float step_abs = fabsf(*step);
+    for (long base = warp * 32 * R; base < total; base += warps * 32 * R) {  // warp-uniform
+        float v_tilde[R], grad[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            long e = base + lane + 32 * r;
+            v_tilde[r] = e < total ? to_float(v[e]) : 0.0f;
         }
-        hadamard_block_inplace(grad, g);
-        for (int i = 0; i < g; i++) {
-            long e = (long)row * K + col0 + i;
-            out[e] = accumulate ? from_float<TOut>(to_float(out[e]) + grad[i]) : from_float<TOut>(grad[i]);
+        hadamard_warp<G>(v_tilde);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            long e = base + lane + 32 * r;
+            float grad_hat = 0.0f;
+            if (e < total) grad_hat = __fmul_rn((float)acc[e], row_coef ? row_coef[e / K] : *tensor_coef);
+            partial += grad_hat * lsq_step_grad_term(v_tilde[r], step_abs);
+            grad[r] = __fmul_rn(grad_hat, lsq_in_range(v_tilde[r], step_abs) ? 1.0f : 0.0f);
+        }
+        hadamard_warp<G>(grad);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            long e = base + lane + 32 * r;
+            if (e < total) out[e] = accumulate ? from_float<TOut>(to_float(out[e]) + grad[r]) : from_float<TOut>(grad[r]);
         }
     }
     for (int offset = 16; offset > 0; offset /= 2) partial += __shfl_xor_sync(0xffffffff, partial, offset);
@@ -190,6 +240,7 @@ struct QuantScratch {
 };
 
 #define QUANT_THREADS 128
+#define FINISH_MAX_BLOCKS 1024  // the backward finish's fixed grid, and its step-gradient partials
 
 inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
     long n_padded = CEIL_DIV(N, 16) * 16;
@@ -206,7 +257,7 @@ inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
     cudaCheck(cudaMalloc(&s->scores, N * sizeof(float)));
     cudaCheck(cudaMalloc(&s->kept_probs, N * sizeof(float)));
     cudaCheck(cudaMalloc(&s->kept_rows, N * sizeof(int)));
-    cudaCheck(cudaMalloc(&s->step_partials, CEIL_DIV(big, QUANT_THREADS * 16) * sizeof(float) + 4096));
+    cudaCheck(cudaMalloc(&s->step_partials, FINISH_MAX_BLOCKS * sizeof(float)));
     cudaCheck(cudaMalloc(&s->absmax_bits, sizeof(unsigned int)));
     cudaCheck(cudaMalloc(&s->n_kept, sizeof(int)));
     cudaCheck(cudaMalloc(&s->tensor_coef, sizeof(float)));
@@ -219,11 +270,40 @@ inline void quant_scratch_free(QuantScratch* s) {
     for (void* p : buffers) cudaCheck(cudaFree(p));
 }
 
+// thread blocks for a warp per 32·max(1, g/32) values of a rows x K tensor
+inline long quant_blocks(long rows, int K, int g) {
+    long warps = CEIL_DIV(rows * K, 32L * std::max(1, g / 32));
+    return CEIL_DIV(warps, QUANT_THREADS / 32);
+}
+
+
 template <typename T>
 void hadamard_quantize(int8_t* codes, int8_t* codes_transposed, const T* v, int rows, int K, int g, const float* step,
                        cudaStream_t stream) {
-    long n = (long)rows * (K / g);
-    hadamard_quantize_kernel<<<CEIL_DIV(n, QUANT_THREADS), QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, g, step);
+    long blocks = quant_blocks(rows, K, g);
+    switch (g) {
+        case 16: hadamard_quantize_kernel<T, 16><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
+        case 32: hadamard_quantize_kernel<T, 32><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
+        case 64: hadamard_quantize_kernel<T, 64><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
+        default: hadamard_quantize_kernel<T, 128><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+// the backward finish of one operand (see quant_backward_finish_kernel), then its step gradient
+template <typename TIn, typename TOut>
+void quant_backward_finish(TOut* out, bool accumulate, const int32_t* acc, const float* row_coef,
+                           const float* tensor_coef, const TIn* v, int rows, int K, int g, const float* step,
+                           float* grad_step, float* step_partials, cudaStream_t stream) {
+    long blocks = std::min(quant_blocks(rows, K, g), (long)FINISH_MAX_BLOCKS);
+    switch (g) {
+        case 16: quant_backward_finish_kernel<TIn, TOut, 16><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
+        case 32: quant_backward_finish_kernel<TIn, TOut, 32><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
+        case 64: quant_backward_finish_kernel<TIn, TOut, 64><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
+        default: quant_backward_finish_kernel<TIn, TOut, 128><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
+    }
+    cudaCheck(cudaGetLastError());
+    lsq_step_grad_finish_kernel<<<1, 1, 0, stream>>>(grad_step, step_partials, (int)blocks, step, (double)rows * K);
     cudaCheck(cudaGetLastError());
 }
 
@@ -257,11 +337,8 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     cudaCheck(cudaGetLastError());
     int8_matmul_tn(s.acc, s.codes_w_t, s.operand, K, N, M, stream);  // row-major N x K
     row_coef_kernel<<<CEIL_DIV(N, 256), 256, 0, stream>>>(s.row_coef, s.row_scale, N, step_w);
-    long blocks_x = CEIL_DIV((long)N * (K / g), QUANT_THREADS);
-    quant_backward_finish_kernel<<<blocks_x, QUANT_THREADS, 0, stream>>>(dinp, false, s.step_partials, s.acc, s.row_coef,
-                                                                        (const float*)nullptr, inp, N, K, g, step_x);
-    cudaCheck(cudaGetLastError());
-    lsq_step_grad_finish_kernel<<<1, 1, 0, stream>>>(dstep_x, s.step_partials, (int)blocks_x, step_x, (double)N * K);
+    quant_backward_finish(dinp, false, s.acc, s.row_coef, (const float*)nullptr, inp, N, K, g, step_x, dstep_x,
+                          s.step_partials, stream);
     // ∇W: leverage scores, water-filling, keep and compaction on the device; kept rows gathered (scaled by
     // 1/p) and bit-split with one tensor scale; the s8 GEMM over n_padded token columns (zeros past n_kept)
     lss_scores_kernel<<<N, 256, 0, stream>>>(s.scores, dout, M, s.codes_x, K, step_x);
@@ -284,11 +361,7 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, stream);  // row-major M x K
     tensor_coef_kernel<<<1, 1, 0, stream>>>(s.tensor_coef, s.absmax_bits, step_x);
     cudaCheck(cudaGetLastError());
-    long blocks_w = CEIL_DIV((long)M * (K / g), QUANT_THREADS);
-    quant_backward_finish_kernel<<<blocks_w, QUANT_THREADS, 0, stream>>>(dweight, true, s.step_partials, s.acc,
-                                                                        (const float*)nullptr, s.tensor_coef, weight, M,
-                                                                        K, g, step_w);
-    cudaCheck(cudaGetLastError());
-    lsq_step_grad_finish_kernel<<<1, 1, 0, stream>>>(dstep_w, s.step_partials, (int)blocks_w, step_w, (double)M * K);
+    quant_backward_finish(dweight, true, s.acc, (const float*)nullptr, s.tensor_coef, weight, M, K, g, step_w, dstep_w,
+                          s.step_partials, stream);
     cudaCheck(cudaGetLastError());
 }
