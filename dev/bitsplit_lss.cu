@@ -10,7 +10,7 @@ The row-wise steps of the BS + LSS backward (../shared/method.md) that come befo
 
 Scores sum their squares in FP64, like lss_scores_cpu: every term (a BF16 or a |s_x|·code rounded to FP32, squared)
 is exact in FP64, so the GPU and the CPU differ only in the order of the sums, ~1e-16 relative. Water-filling on the
-GPU (lss_keep_rows_kernel) is Newton's method on f(c) = Σ min(1, c·score_i) = ρ·rows from c = ρ·rows / Σ score:
+GPU (lss_keep_rows_kernel in kernels/lss.h) is Newton's method on f(c) = Σ min(1, c·score_i) = ρ·rows from c = ρ·rows / Σ score:
 each step is c ← (ρ·rows − #clamped) / Σ unclamped scores. f is concave and increasing, so the iterates rise to the
 solution, the clamped set (c·score > 1) only grows, and a step that adds no row ends it: at most rows + 1 steps,
 a handful in practice. Sums in FP64 as lss_probabilities_cpu; c matches its sorted computation to ~1e-15.
@@ -19,19 +19,22 @@ Compile: make dev/bitsplit_lss GPU_ARCH="80 90a"
 Run:     ./dev/bitsplit_lss [version]   validate, then time rows = 16384 with (M, K) = (768, 3072) and (3072, 768)
          ./dev/bitsplit_lss --check     both versions on small shapes, several keep ratios: PASS/FAIL lines
 
-version 1: bit split with one block per row and two passes over the row in global memory; scores with one block per
-           row, scalar loads (the layout of kernels/quant_linear.h, with FP64 score sums)
+version 1: the trainer's kernels: bit split with one block per row and two passes over the row in global memory
+           (kernels/quant_linear.h), scores with one block per row, scalar loads, FP64 sums (kernels/lss.h)
 version 2: bit split with one warp per row, the row held in registers (read once with 16-byte loads, operands
            written 8 per 8-byte store); scores with one warp per row, 16-byte loads, and the 16 possible x̂² read
            from a shared-memory table instead of a conversion, a multiply and a widening per code
-both:      water-filling, Bernoulli keep and stable compaction in one single-block kernel
+both:      water-filling, Bernoulli keep and stable compaction in one single-block kernel (kernels/lss.h, which
+           the trainer uses)
 */
 #include <string.h>
 #include <vector>
 #include "../kernels/common.h"
+#include "timing.h"
 #include "../kernels/int4_math.h"
 #include "../kernels/int4_reference.h"
 #include "../kernels/rng.h"
+#include "../kernels/quant_linear.h"  // version 1 is the trainer's: bitsplit_rows_kernel, kernels/lss.h
 
 #define FULL_MASK 0xffffffffu
 
@@ -55,86 +58,7 @@ void lss_cpu(float* scores, float* probs, uint8_t* keep, const float* dy, int M,
 }
 
 // ----------------------------------------------------------------------------------------------------------------
-// Device helpers
-
-// 8 BF16 values (16 bytes, element 0 in the lowest bits) widened to FP32: a BF16 is the top half of its FP32
-// value, so the shift is exact (what __bfloat162float does)
-__device__ __forceinline__ void unpack_bf16x8(float* out, uint4 bits) {
-    const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        out[2 * i] = __uint_as_float(words[i] << 16);
-        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
-}
-
-// the sum of v over the warp, in every lane (xor butterfly: partners add the same two numbers, so all lanes agree)
-__device__ __forceinline__ double warp_sum(double v) {
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(FULL_MASK, v, offset);
-    return v;
-}
-
-// (count, sum) over the block, returned to every thread: warp sums, then the warp totals added in warp order by
-// every thread (a fixed order, so the result is the same in every run); shared_* hold 32 entries each
-__device__ void block_count_sum(int* count, double* sum, int* shared_count, double* shared_sum) {
-    int c = *count;
-    double s = warp_sum(*sum);
-    for (int offset = 16; offset > 0; offset /= 2) c += __shfl_xor_sync(FULL_MASK, c, offset);
-    if (threadIdx.x % 32 == 0) {
-        shared_count[threadIdx.x / 32] = c;
-        shared_sum[threadIdx.x / 32] = s;
-    }
-    __syncthreads();
-    c = 0;
-    s = 0.0;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) {
-        c += shared_count[w];
-        s += shared_sum[w];
-    }
-    __syncthreads();  // shared_* may be reused at once
-    *count = c;
-    *sum = s;
-}
-
-// how many threads before this one in the block have flag set; *total = how many in the whole block
-__device__ int block_exclusive_count(bool flag, int* total, int* shared_count) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    unsigned ballot = __ballot_sync(FULL_MASK, flag);
-    if (lane == 0) shared_count[warp] = __popc(ballot);
-    __syncthreads();
-    int before = __popc(ballot & ((1u << lane) - 1)), all = 0;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) {
-        if (w < warp) before += shared_count[w];
-        all += shared_count[w];
-    }
-    __syncthreads();
-    *total = all;
-    return before;
-}
-
-// ----------------------------------------------------------------------------------------------------------------
 // Kernels: bit split
-
-// v1: per-row bit split (operand and scale); one block per row: a first pass finds max |g| by a block reduction, a
-// second pass reads the row again and writes one operand per thread and column
-__global__ void bitsplit_rows_kernel1(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int M, uint32_t key) {
-    __shared__ float shared[32];
-    long row = blockIdx.x;
-    const __nv_bfloat16* g = dy + row * M;
-    float absmax = 0.0f;
-    for (int c = threadIdx.x; c < M; c += blockDim.x) absmax = fmaxf(absmax, fabsf(__bfloat162float(g[c])));
-    for (int offset = 16; offset > 0; offset /= 2) absmax = fmaxf(absmax, __shfl_xor_sync(FULL_MASK, absmax, offset));
-    if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = absmax;
-    __syncthreads();
-    absmax = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) absmax = fmaxf(absmax, shared[w]);
-    float scale = bitsplit_scale(absmax);
-    if (threadIdx.x == 0) row_scale[row] = scale;
-    for (int c = threadIdx.x; c < M; c += blockDim.x) {
-        float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)(row * M + c)));
-        operand[row * M + c] = (int8_t)bitsplit_value(__bfloat162float(g[c]), scale, u, nullptr, nullptr);
-    }
-}
 
 // v2: per-row bit split (operand and scale); one warp per row, the row read once into registers: lane l holds the
 // 16-byte slots s·32 + l (values 8(s·32 + l) .. +7, coalesced), max |g| by warp shuffles (max is exact in any
@@ -179,39 +103,6 @@ __global__ void bitsplit_rows_kernel2(int8_t* operand, float* row_scale, const _
 // ----------------------------------------------------------------------------------------------------------------
 // Kernels: LSS
 
-// v1: LSS scores ‖dy_i‖·‖x̂_i‖ (x̂ = FP32 code·|s_x|; squares summed in FP64, as lss_scores_cpu); one block per
-// row, each thread summing a strided share of the row with scalar loads, then a block reduction of both sums
-__global__ void lss_scores_kernel1(float* scores, const __nv_bfloat16* dy, int M, const int8_t* codes, int K,
-                                   const float* step_x) {
-    __shared__ double shared[2][32];
-    long row = blockIdx.x;
-    float step_abs = fabsf(*step_x);
-    double dy_sq = 0.0, x_sq = 0.0;
-    for (int c = threadIdx.x; c < M; c += blockDim.x) {
-        float g = __bfloat162float(dy[row * M + c]);
-        dy_sq += (double)g * g;
-    }
-    for (int c = threadIdx.x; c < K; c += blockDim.x) {
-        float x_hat = F32_MUL((float)codes[row * K + c], step_abs);
-        x_sq += (double)x_hat * x_hat;
-    }
-    dy_sq = warp_sum(dy_sq);
-    x_sq = warp_sum(x_sq);
-    if (threadIdx.x % 32 == 0) {
-        shared[0][threadIdx.x / 32] = dy_sq;
-        shared[1][threadIdx.x / 32] = x_sq;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        dy_sq = x_sq = 0.0;
-        for (int w = 0; w < (int)blockDim.x / 32; w++) {
-            dy_sq += shared[0][w];
-            x_sq += shared[1][w];
-        }
-        scores[row] = (float)(sqrt(dy_sq) * sqrt(x_sq));
-    }
-}
-
 // v2: LSS scores as v1; one warp per row, 16-byte loads (8 dy values, 16 codes per lane and step). A code has 16
 // possible values, so the 16 squares (double)(code·|s_x|)² sit in a shared table indexed by the code's low nibble
 __global__ void lss_scores_kernel2(float* scores, const __nv_bfloat16* dy, int rows, int M, const int8_t* codes, int K,
@@ -240,79 +131,9 @@ __global__ void lss_scores_kernel2(float* scores, const __nv_bfloat16* dy, int r
 #pragma unroll
         for (int i = 0; i < 16; i++) x_sq += code_square[(words[i / 4] >> (8 * (i % 4))) & 15];
     }
-    dy_sq = warp_sum(dy_sq);
-    x_sq = warp_sum(x_sq);
+    dy_sq = lss_warp_sum(dy_sq);
+    x_sq = lss_warp_sum(x_sq);
     if (lane == 0) scores[row] = (float)(sqrt(dy_sq) * sqrt(x_sq));
-}
-
-#define KEEP_ROWS_THREADS 1024
-
-// LSS selection: probs[i] = min(1, c·score_i) with c water-filled so that Σp = keep_ratio·rows (Newton's method, FP64,
-// see the header), keep row i if u_i < p_i, kept rows compacted in index order into kept_rows / kept_probs.
-// One block: every pass strides the rows over the threads; compaction goes tile by tile with a block-wide count.
-__global__ void lss_keep_rows_kernel(float* probs, int* kept_rows, float* kept_probs, int* n_kept, int* n_iterations,
-                                     const float* scores, int rows, float keep_ratio, uint32_t key) {
-    __shared__ int shared_count[32];
-    __shared__ double shared_sum[32];
-    double target = (double)keep_ratio * rows;
-    int positive = 0;
-    double total = 0.0;
-    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
-        if (scores[i] > 0.0f) {
-            positive++;
-            total += scores[i];
-        }
-    }
-    block_count_sum(&positive, &total, shared_count, shared_sum);
-    bool keep_every_positive_row = positive <= target;  // lss_probabilities_cpu: then every nonzero row gets p = 1
-    double c = 0.0;
-    int iterations = 0;
-    if (!keep_every_positive_row) {
-        int clamped = 0;
-        double unclamped_sum = total;
-        while (true) {
-            c = (target - clamped) / unclamped_sum;
-            int next_clamped = 0;
-            double next_unclamped_sum = 0.0;
-            for (int i = threadIdx.x; i < rows; i += blockDim.x) {
-                if (!(scores[i] > 0.0f)) continue;  // the rows counted as positive above (a NaN score is not)
-                double s = scores[i];
-                if (c * s > 1.0) {
-                    next_clamped++;
-                } else {
-                    next_unclamped_sum += s;
-                }
-            }
-            block_count_sum(&next_clamped, &next_unclamped_sum, shared_count, shared_sum);
-            iterations++;
-            if (next_clamped <= clamped) break;  // no row joined the clamped set: c is the water level
-            clamped = next_clamped;
-            unclamped_sum = next_unclamped_sum;
-        }
-    }
-    int kept = 0;
-    for (int tile = 0; tile < rows; tile += blockDim.x) {
-        int i = tile + threadIdx.x;
-        float p = 0.0f;
-        bool keep = false;
-        if (i < rows) {
-            float s = scores[i];
-            p = keep_every_positive_row ? (s > 0.0f ? 1.0f : 0.0f) : (float)fmin(1.0, c * (double)s);
-            probs[i] = p;
-            keep = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)i)) < p;
-        }
-        int kept_in_tile;
-        int position = kept + block_exclusive_count(keep, &kept_in_tile, shared_count);
-        if (keep) {
-            kept_rows[position] = i;
-            kept_probs[position] = p;
-        }
-        kept += kept_in_tile;
-    }
-    if (threadIdx.x == 0) {
-        *n_kept = kept;
-        *n_iterations = iterations;
-    }
 }
 
 // the bandwidth ceiling: out = in for n_vectors x 16 bytes; one thread per 16-byte vector
@@ -327,7 +148,7 @@ __global__ void copy_kernel(uint4* out, const uint4* in, long n_vectors) {
 #define ROWS_PER_BLOCK 4  // warps (rows) per block of the warp-per-row kernels
 
 void bitsplit_rows1(int8_t* operand, float* row_scale, const __nv_bfloat16* dy, int rows, int M, uint32_t key) {
-    bitsplit_rows_kernel1<<<rows, 256>>>(operand, row_scale, dy, M, key);
+    bitsplit_rows_kernel<__nv_bfloat16><<<rows, 256>>>(operand, row_scale, dy, M, key);
 }
 
 template <int SLOTS>
@@ -363,7 +184,7 @@ void bitsplit_rows(int version, int8_t* operand, float* row_scale, const __nv_bf
 void lss_scores(int version, float* scores, const __nv_bfloat16* dy, int rows, int M, const int8_t* codes, int K,
                 const float* step_x) {
     switch (version) {
-        case 1: lss_scores_kernel1<<<rows, 256>>>(scores, dy, M, codes, K, step_x); break;
+        case 1: lss_scores_kernel<__nv_bfloat16><<<rows, 256>>>(scores, dy, M, codes, K, step_x); break;
         case 2:
             if (M % 8 != 0 || K % 16 != 0) { fprintf(stderr, "scores v2 need M %% 8 == 0, K %% 16 == 0\n"); exit(EXIT_FAILURE); }
             lss_scores_kernel2<<<CEIL_DIV(rows, ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK>>>(scores, dy, rows, M, codes, K, step_x);
@@ -375,7 +196,8 @@ void lss_scores(int version, float* scores, const __nv_bfloat16* dy, int rows, i
 
 void lss_keep_rows(float* probs, int* kept_rows, float* kept_probs, int* n_kept, int* n_iterations, const float* scores,
                    int rows, float keep_ratio, uint32_t key) {
-    lss_keep_rows_kernel<<<1, KEEP_ROWS_THREADS>>>(probs, kept_rows, kept_probs, n_kept, n_iterations, scores, rows, keep_ratio, key);
+    lss_keep_rows_kernel<<<1, LSS_KEEP_THREADS>>>(kept_rows, kept_probs, n_kept, (float*)nullptr, probs, n_iterations, scores,
+                                                  rows, keep_ratio, key);
     cudaCheck(cudaGetLastError());
 }
 
@@ -592,14 +414,6 @@ bool run_checks() {
 // ----------------------------------------------------------------------------------------------------------------
 // Timing
 
-// how many copies of a launch's buffers to rotate through so that each launch finds its data evicted from L2 by
-// the launches in between (as in training, where every layer's tensors pass through L2 before the next)
-int rotating_copies(size_t bytes_per_launch) {
-    int l2_bytes;
-    cudaCheck(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
-    if (bytes_per_launch >= 2 * (size_t)l2_bytes) return 1;
-    return 1 + (int)CEIL_DIV(2 * (size_t)l2_bytes, bytes_per_launch);
-}
 
 // `copies` device buffers of `bytes`, each a copy of src (or uninitialised when src is null)
 std::vector<void*> device_copies(const void* src, size_t bytes, int copies) {
@@ -618,20 +432,7 @@ void free_all(const std::vector<void*>& buffers) {
 // mean time of one launch in microseconds; launch(i) runs the i-th launch (3 untimed first)
 template <typename Launch>
 float time_us(Launch launch) {
-    const int repeats = 50;
-    for (int i = 0; i < 3; i++) launch(i);
-    cudaEvent_t start, stop;
-    cudaCheck(cudaEventCreate(&start));
-    cudaCheck(cudaEventCreate(&stop));
-    cudaCheck(cudaEventRecord(start));
-    for (int i = 0; i < repeats; i++) launch(i);
-    cudaCheck(cudaEventRecord(stop));
-    cudaCheck(cudaEventSynchronize(stop));
-    float ms;
-    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
-    cudaCheck(cudaEventDestroy(start));
-    cudaCheck(cudaEventDestroy(stop));
-    return ms * 1000.0f / repeats;
+    return mean_launch_ms(launch, 3, 50) * 1000.0f;
 }
 
 // validates `version` at rows x M (codes rows x K), then prints the times of the BF16 copy of dy, the bit split, the

@@ -27,6 +27,7 @@ version 4: version 3 without a division per value: t·RN(1/|s|) gives the code u
 #include <type_traits>
 #include <vector>
 #include "../kernels/common.h"
+#include "timing.h"
 #include "../kernels/int4_math.h"
 #include "../kernels/int4_reference.h"
 #include "../kernels/rng.h"
@@ -48,17 +49,6 @@ void hadamard_quantize_cpu(uint8_t* packed, const float* v, int rows, int K, int
 
 // ----------------------------------------------------------------------------------------------------------------
 // Device helpers of versions 2, 3 and 4
-
-// 8 BF16 values (16 bytes, element 0 in the lowest bits) widened to FP32: a BF16 is the top half of its FP32
-// value, so the shift is exact (what __bfloat162float does)
-__device__ __forceinline__ void unpack_bf16x8(float* out, uint4 bits) {
-    const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        out[2 * i] = __uint_as_float(words[i] << 16);
-        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
-}
 
 // stages h = 1, 2, ..., E/2 of hadamard_block_inplace on E consecutive values of one block held by one thread:
 // the reference's pairs (j, j + h) in its order, one loop of E/2 pairs per stage: constant trip counts unroll
@@ -481,32 +471,10 @@ bool run_checks() {
     return all_pass;
 }
 
-// How many copies of a launch's buffers to rotate through so that each launch finds its data evicted from L2
-// by the launches in between (as in training, where every layer's tensors pass through L2 before the next)
-int rotating_copies(size_t bytes_per_launch) {
-    int l2_bytes;
-    cudaCheck(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, 0));
-    if (bytes_per_launch >= 2 * (size_t)l2_bytes) return 1;
-    return 1 + (int)CEIL_DIV(2 * (size_t)l2_bytes, bytes_per_launch);
-}
-
 // mean time of one launch in microseconds; launch(i) runs the i-th launch (3 untimed first)
 template <typename Launch>
 float time_us(Launch launch) {
-    const int repeats = 50;
-    for (int i = 0; i < 3; i++) launch(i);
-    cudaEvent_t start, stop;
-    cudaCheck(cudaEventCreate(&start));
-    cudaCheck(cudaEventCreate(&stop));
-    cudaCheck(cudaEventRecord(start));
-    for (int i = 0; i < repeats; i++) launch(i);
-    cudaCheck(cudaEventRecord(stop));
-    cudaCheck(cudaEventSynchronize(stop));
-    float ms;
-    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
-    cudaCheck(cudaEventDestroy(start));
-    cudaCheck(cudaEventDestroy(stop));
-    return ms * 1000.0f / repeats;
+    return mean_launch_ms(launch, 3, 50) * 1000.0f;
 }
 
 // copies of the input (the first is in.device) and of the packed output, allocated for rotation

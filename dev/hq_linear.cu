@@ -22,6 +22,7 @@ dev/bitsplit_lss.cu (the bit split and LSS with on-device water-filling).
 #include "../kernels/rng.h"
 #include "../kernels/int4_reference.h"
 #include "../kernels/quant_linear.h"
+#include "timing.h"
 
 #define HADAMARD_BLOCK 32
 #define KEEP_RATIO 0.5f
@@ -134,19 +135,7 @@ static bool run_checks() {
 
 // mean milliseconds of `op` over REPEATS runs after one warm-up
 template <typename F> static float time_ms(F op) {
-    cudaEvent_t start, stop;
-    cudaCheck(cudaEventCreate(&start));
-    cudaCheck(cudaEventCreate(&stop));
-    op();
-    cudaCheck(cudaEventRecord(start));
-    for (int r = 0; r < REPEATS; r++) op();
-    cudaCheck(cudaEventRecord(stop));
-    cudaCheck(cudaEventSynchronize(stop));
-    float ms;
-    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
-    cudaCheck(cudaEventDestroy(start));
-    cudaCheck(cudaEventDestroy(stop));
-    return ms / REPEATS;
+    return mean_launch_ms([&](int) { op(); }, 1, REPEATS);
 }
 
 static void benchmark_shape(int N, int M, int K) {

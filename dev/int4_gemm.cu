@@ -22,6 +22,8 @@
 #include <string.h>
 #include <vector>
 #include "../kernels/common.h"
+#include "../kernels/rng.h"
+#include "timing.h"
 #include "../kernels/int4_math.h"
 #include "../kernels/matmul.h"
 
@@ -549,19 +551,11 @@ static void destroy_cublaslt_gemm(CublasLtGemm& g) {
 // ---------------------------------------------------------------------------------------------------------------
 // inputs, validation, timing
 
-// deterministic inputs: lowbias32, a 32-bit integer hash, of (seed, index)
-static uint32_t hash_u32(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    x ^= x >> 16;
-    return x;
-}
+// deterministic inputs from the shared hash (kernels/rng.h): stream = the index's high 32 bits
 static uint32_t hash_index(uint32_t seed, uint64_t i) {
-    return hash_u32((uint32_t)i ^ hash_u32(seed ^ hash_u32((uint32_t)(i >> 32))));
+    return rng_hash(seed, (uint32_t)(i >> 32), (uint32_t)i);
 }
-static float hash_unit(uint32_t seed, uint64_t i) { return (float)(hash_index(seed, i) >> 8) * (1.0f / 16777216.0f); }
+static float hash_unit(uint32_t seed, uint64_t i) { return rng_uniform_from_bits(hash_index(seed, i)); }
 
 struct HostProblem {
     int N, M, K;
@@ -690,19 +684,7 @@ static bool run_and_validate(int version, const HostProblem& h, const DeviceProb
 
 // mean milliseconds of one call over TIMED_REPEATS back-to-back calls, after WARMUP_REPEATS untimed ones
 template <typename Fn> static float time_ms(Fn&& fn) {
-    for (int i = 0; i < WARMUP_REPEATS; i++) fn();
-    cudaEvent_t start, stop;
-    cudaCheck(cudaEventCreate(&start));
-    cudaCheck(cudaEventCreate(&stop));
-    cudaCheck(cudaEventRecord(start));
-    for (int i = 0; i < TIMED_REPEATS; i++) fn();
-    cudaCheck(cudaEventRecord(stop));
-    cudaCheck(cudaEventSynchronize(stop));
-    float ms;
-    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
-    cudaCheck(cudaEventDestroy(start));
-    cudaCheck(cudaEventDestroy(stop));
-    return ms / TIMED_REPEATS;
+    return mean_launch_ms([&](int) { fn(); }, WARMUP_REPEATS, TIMED_REPEATS);
 }
 
 // the shape rules every version relies on (tiles without bounds checks, version 4's 256·acc headroom)

@@ -34,4 +34,15 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { retur
 
 // host-side conversion for copying parameters between FP32 master weights and the compute copy
 inline __nv_bfloat16 host_float_to_bf16(float f) { return __float2bfloat16_rn(f); }
+
+// 8 BF16 values (16 bytes, element 0 in the lowest bits) widened to FP32: a BF16 is the top half of its FP32
+// value, so the shift is exact (what __bfloat162float does)
+__device__ __forceinline__ void unpack_bf16x8(float* out, uint4 bits) {
+    const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+}
 #endif

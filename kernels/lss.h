@@ -89,10 +89,11 @@ __global__ void lss_scores_kernel(float* scores, const T* dy, int M, const int8_
 // from c = ρ·rows / Σscore: c ← (ρ·rows − #clamped) / Σ unclamped scores; the function is concave and
 // increasing, so the clamped set only grows and a step that adds no row ends it (a handful of steps). If no
 // more rows than ρ·rows have a positive score, every one of them gets p = 1 (lss_probabilities_cpu).
-// Outputs: kept_rows / kept_probs [0, *n_kept) in increasing row order; stats[0] = kept fraction,
-// stats[1] = the variance proxy Σ(1/p − 1)·score² / (Σ score)² (telemetry).
-__global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_kept, float* stats, const float* scores,
-                                     int rows, float keep_ratio, uint32_t key) {
+// Outputs: kept_rows / kept_probs [0, *n_kept) in increasing row order; if not null: stats[0] = kept
+// fraction, stats[1] = the variance proxy Σ(1/p − 1)·score² / (Σ score)² (telemetry), probs (rows) every
+// p_i, *iterations the Newton steps (dev/bitsplit_lss.cu checks them).
+__global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_kept, float* stats, float* probs,
+                                     int* iterations, const float* scores, int rows, float keep_ratio, uint32_t key) {
     __shared__ int shared_count[32];
     __shared__ double shared_sum[32];
     double target = (double)keep_ratio * rows;
@@ -107,6 +108,7 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
     lss_block_count_sum(&positive, &total, shared_count, shared_sum);
     bool keep_every_positive_row = positive <= target;
     double c = 0.0;
+    int steps = 0;
     if (!keep_every_positive_row) {
         int clamped = 0;
         double unclamped_sum = total;
@@ -120,6 +122,7 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
                 if (c * s > 1.0) next_clamped++; else next_unclamped_sum += s;
             }
             lss_block_count_sum(&next_clamped, &next_unclamped_sum, shared_count, shared_sum);
+            steps++;
             if (next_clamped <= clamped) break;
             clamped = next_clamped;
             unclamped_sum = next_unclamped_sum;
@@ -135,6 +138,7 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
             float s = scores[i];
             p = keep_every_positive_row ? (s > 0.0f ? 1.0f : 0.0f) : (float)fmin(1.0, c * (double)s);
             keep = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)i)) < p;
+            if (probs) probs[i] = p;
             if (p > 0.0f) extra_variance += (1.0 / p - 1.0) * (double)s * s;
         }
         int kept_in_tile;
@@ -149,7 +153,10 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
     lss_block_count_sum(&unused, &extra_variance, shared_count, shared_sum);
     if (threadIdx.x == 0) {
         *n_kept = kept;
-        stats[0] = (float)kept / rows;
-        stats[1] = total > 0.0 ? (float)(extra_variance / (total * total)) : 0.0f;
+        if (stats) {
+            stats[0] = (float)kept / rows;
+            stats[1] = total > 0.0 ? (float)(extra_variance / (total * total)) : 0.0f;
+        }
+        if (iterations) *iterations = steps;
     }
 }

@@ -344,8 +344,9 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     lss_scores_kernel<<<N, 256, 0, stream>>>(s.scores, dout, M, s.codes_x, K, step_x);
     cudaCheck(cudaGetLastError());
     uint32_t key_keep = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_LSS_KEEP));
-    lss_keep_rows_kernel<<<1, LSS_KEEP_THREADS, 0, stream>>>(s.kept_rows, s.kept_probs, s.n_kept, lss_stats, s.scores,
-                                                             N, keep_ratio, key_keep);
+    lss_keep_rows_kernel<<<1, LSS_KEEP_THREADS, 0, stream>>>(s.kept_rows, s.kept_probs, s.n_kept, lss_stats,
+                                                             (float*)nullptr, (int*)nullptr, s.scores, N, keep_ratio,
+                                                             key_keep);
     cudaCheck(cudaGetLastError());
     cudaCheck(cudaMemsetAsync(s.absmax_bits, 0, sizeof(unsigned int), stream));
     kept_absmax_kernel<<<CEIL_DIV((long)N * M, 256), 256, 0, stream>>>(s.absmax_bits, dout, M, s.kept_rows,
