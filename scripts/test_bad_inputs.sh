@@ -150,3 +150,10 @@ expect_error "state file from another run" "model config (maxT 1024, V 256, Vp 2
 expect_error "state file of another precision" "written by a int4 run, this run is bf16" ./train_int4 $st -o "$tmp/st_precision"
 if ls "$tmp"/st_*/main.log >/dev/null 2>&1; then echo "FAIL state files rejected before anything is written: a main.log exists"
 else echo "PASS state files rejected before anything is written: no main.log in any of the -o folders"; fi
+
+# the GPU: none (this machine has no NVIDIA GPU), or not enough free memory for the model and batch
+if nvidia-smi -L >/dev/null 2>&1; then
+    expect_error "GPU memory too small for the model and batch" "need [0-9.]* GiB of GPU memory, [0-9.]* GiB are free" ./train_int4 -e d48 -b 512 -t 1024 -v 0
+else
+    expect_error "no GPU" "no CUDA device found (train_int4 needs an NVIDIA GPU)" ./train_int4 -x 1
+fi
