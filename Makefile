@@ -10,6 +10,14 @@ GENCODE := $(foreach a,$(GPU_ARCH),-gencode=arch=compute_$(a),code=sm_$(a))
 # code may add it to its own rule below, with a comment saying why it is safe.
 NVCC_FLAGS ?= -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -Xcompiler -Wall,-Wno-unused-function
 NVCC_LIBS := -lcublasLt -lcublas
+# multi-GPU data parallelism (kernels/multi_gpu.h) needs NCCL: on when the toolkit has nccl.h, off with
+# NO_MULTI_GPU=1 (train_int4 then runs on one GPU and refuses -N). train_int4_single_gpu is always built
+# without it, so `make` proves both builds compile.
+NO_MULTI_GPU ?= $(shell echo '\#include <nccl.h>' | $(NVCC) -E -x cu - >/dev/null 2>&1 || echo 1)
+ifeq ($(NO_MULTI_GPU),)
+MULTI_GPU_FLAGS := -DMULTI_GPU
+MULTI_GPU_LIBS := -lnccl
+endif
 CXX_FLAGS ?= -O2 -std=c++17 -Wall -Wextra -fno-fast-math
 # the first python3 that has torch: Debian's /usr/bin/python3 in CI (python3-torch), plain python3 on the H100
 PYTHON ?= $(shell for p in python3 /usr/bin/python3; do $$p -c "import torch" 2>/dev/null && echo $$p && break; done)
@@ -23,13 +31,16 @@ SPEAKER_TASK := data/speakers_train.tsv data/speakers_val.tsv
 .PHONY: all dev test bench clean data
 .DEFAULT_GOAL := train_int4
 
-all: train_int4 test_int4 dev data ref/dump.bin ref/dump_bert.bin
+all: train_int4 train_int4_single_gpu test_int4 dev data ref/dump.bin ref/dump_bert.bin
 
 train_int4: train_int4.cu $(HEADERS) | data
+	$(NVCC) $(NVCC_FLAGS) $(MULTI_GPU_FLAGS) $(GENCODE) $< $(NVCC_LIBS) $(MULTI_GPU_LIBS) -o $@
+
+train_int4_single_gpu: train_int4.cu $(HEADERS) | data
 	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
 
 test_int4: test_int4.cu train_int4.cu $(HEADERS)
-	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
+	$(NVCC) $(NVCC_FLAGS) $(MULTI_GPU_FLAGS) $(GENCODE) $< $(NVCC_LIBS) $(MULTI_GPU_LIBS) -o $@
 
 dev: $(DEV_BINARIES)
 
@@ -61,7 +72,7 @@ bench: dev train_int4
 	bash scripts/bench.sh
 
 clean:
-	rm -rf train_int4 test_int4 $(DEV_BINARIES) tools data/*.bin data/*.tsv ref
+	rm -rf train_int4 train_int4_single_gpu test_int4 $(DEV_BINARIES) tools data/*.bin data/*.tsv ref
 
 # the PyTorch reference state test_int4 compares against (CPU torch is enough; ~5 s)
 ref/dump.bin: scripts/reference.py data/tinyshakespeare.txt

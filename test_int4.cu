@@ -606,6 +606,31 @@ static void test_trainer_host_pieces() {
 }
 
 // ----------------------------------------------------------------------------------------------------------
+// multi-GPU start-up (host): ranks meet through a file; NCCL's id is opaque bytes, so any bytes test it
+
+static void test_multi_gpu_rendezvous() {
+    char dir[] = "/tmp/test_int4_rendezvous_XXXXXX";
+    if (!mkdtemp(dir)) { check(false, "multi-GPU rendezvous file", "no temp folder"); return; }
+    std::string path = std::string(dir) + "/nccl_id_test.bin";
+    unsigned char sent[128], received[128];
+    for (int i = 0; i < 128; i++) sent[i] = (unsigned char)rng_hash(7, 0, (uint32_t)i);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {  // rank 0, starting late: the reader must wait for it
+        usleep(300 * 1000);
+        _exit(rendezvous_exchange(path, sent, sizeof sent, 0) ? 0 : 1);
+    }
+    bool read = rendezvous_exchange(path, received, sizeof received, 1);
+    int status = 1;
+    waitpid(child, &status, 0);
+    bool same = read && WIFEXITED(status) && WEXITSTATUS(status) == 0 && memcmp(sent, received, sizeof sent) == 0;
+    bool no_tmp_left = access((path + ".tmp").c_str(), F_OK) != 0;
+    check(same && no_tmp_left, "multi-GPU rendezvous file", "rank 1 waited for rank 0's 128 bytes and read them intact");
+    std::string cleanup = std::string("rm -rf ") + dir;
+    if (system(cleanup.c_str()) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+// ----------------------------------------------------------------------------------------------------------
 // file loaders (host): the classification task format
 
 static bool load_classification_text(const char* text, const std::vector<std::string>* known, ClassificationSet* set) {
@@ -659,6 +684,7 @@ int main(int argc, char** argv) {
     test_layer0_quantizers_host(dump);
     test_layer0_linear_host(dump);
     if (dump.header[2] == 0) test_trainer_host_pieces();
+    if (dump.header[2] == 0) test_multi_gpu_rendezvous();
     test_quant_error_device(have_gpu);
     if (have_gpu) {  // GPT: the LM; BERT: the masked LM, then the classifier (same tolerances, same reasons)
         matmul_setup();

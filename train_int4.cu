@@ -45,6 +45,7 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include "kernels/qstats.h"
 #include "kernels/mlm.h"
 #include "kernels/classification_data.h"
+#include "kernels/multi_gpu.h"
 
 // ----------------------------------------------------------------------------------------------------------
 // config: GPTConfig (maxT, V, Vp, L, NH, C, BERT flag, classifier classes), the parameter names and sizes
@@ -867,6 +868,7 @@ struct TrainArgs {
     bool bert = false;                 // -m bert: the encoder (masked LM, or the classifier with -f)
     const char* task_train = nullptr;  // BERT fine-tuning: label<TAB>text files
     const char* task_val = nullptr;
+    int ranks = 1;                     // -N: the built-in launcher's process (GPU) count
 };
 
 static void print_usage(void) {
@@ -902,6 +904,8 @@ static void print_usage(void) {
            "  -Q <int>    INT4: quantization telemetry every N steps to qstats.log in -o (also -qstats N)   default 0\n"
            "  -V <int>    vocabulary size of the shards (256 bytes, 50257 GPT-2)   default 256\n"
            "  -z <int>    seed (init, sampling)              default 1337\n"
+           "  -N <int>    data-parallel ranks, one process per GPU (NCCL; needs -o); under mpirun -np N its\n"
+           "              ranks are used instead          default 1\n"
            "  -h          this help\n");
 }
 
@@ -976,6 +980,7 @@ static TrainArgs parse_args(int argc, char** argv) {
                 a.val_steps = (int)n;
                 break;
             case 'f': a.task_train = value; break;
+            case 'N': need_int(1, 64); a.ranks = (int)n; break;
             case 'F': a.task_val = value; break;
             case 's': need_int(0, 1 << 30); a.sample_every = (int)n; break;
             case 'g': need_int(1, 1 << 16); a.sample_length = (int)n; break;
@@ -1018,6 +1023,10 @@ static TrainArgs parse_args(int argc, char** argv) {
     if (a.task_train && !a.bert) die("-f %s: fine-tuning a classifier needs -m bert", a.task_train);
     if (a.task_val && !a.task_train) die("-F %s needs -f (the training examples)", a.task_val);
     if (a.bert && a.T < 3) die("-m bert needs -t >= 3 ([CLS], a token, [SEP])%s", "");
+#ifndef MULTI_GPU
+    if (a.ranks > 1) die("-N: this train_int4 was built without NCCL (NO_MULTI_GPU=1), so it runs on one GPU only%s", "");
+#endif
+    if (a.ranks > 1 && !a.output_dir) die("-N needs -o (the ranks meet through a file there; checkpoints go there)%s", "");
     return a;
 }
 
@@ -1089,7 +1098,9 @@ static double seconds_now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-template <typename T> int train(const TrainArgs& args) {
+// one data-parallel rank (mg: its rank and the communicator; one rank without -N or mpirun)
+template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
+    if (mg->rank != 0 && !freopen("/dev/null", "w", stdout)) return EXIT_FAILURE;  // rank 0 reports
     // model: descriptor or llm.c file
     GPTConfig cfg;
     std::vector<float> file_weights;
@@ -1170,10 +1181,13 @@ template <typename T> int train(const TrainArgs& args) {
         if (!ok) return EXIT_FAILURE;
     }
     FILE* log = nullptr;
+    bool writer = mg->rank == 0;  // rank 0 writes the log and the checkpoints
     if (!out_dir.empty()) {
         for (size_t i = 1; i <= out_dir.size(); i++) {  // mkdir -p
             if (i == out_dir.size() || out_dir[i] == '/') mkdir(out_dir.substr(0, i).c_str(), 0755);
         }
+    }
+    if (!out_dir.empty() && writer) {
         log = fopen((out_dir + "/main.log").c_str(), args.resume ? "a" : "w");
         if (!log) {
             fprintf(stderr, "error: -o %s: cannot write %s/main.log (not a writable folder?)\n", out_dir.c_str(), out_dir.c_str());
@@ -1181,7 +1195,7 @@ template <typename T> int train(const TrainArgs& args) {
         }
     }
     FILE* qstats_log = nullptr;
-    if (args.qstats_every > 0) {
+    if (args.qstats_every > 0 && writer) {
         qstats_log = fopen((out_dir + "/qstats.log").c_str(), args.resume ? "a" : "w");
         if (!qstats_log) { fprintf(stderr, "error: cannot write %s/qstats.log\n", out_dir.c_str()); return EXIT_FAILURE; }
     }
@@ -1191,8 +1205,9 @@ template <typename T> int train(const TrainArgs& args) {
         fprintf(stderr, "error: no CUDA device found (train_int4 needs an NVIDIA GPU)\n");
         return EXIT_FAILURE;
     }
+    cudaCheck(cudaSetDevice(mg->rank % device_count));
     cudaDeviceProp props;
-    cudaCheck(cudaGetDeviceProperties(&props, 0));
+    cudaCheck(cudaGetDeviceProperties(&props, mg->rank % device_count));
     size_t need = n_params * (4 * 4 + (std::is_same<T, float>::value ? 0 : sizeof(T))) +
                   activation_bytes(cfg, args.B, args.T, sizeof(T)) + CUBLASLT_WORKSPACE_SIZE + (64 << 20);
     size_t free_bytes, total_bytes;
@@ -1202,6 +1217,15 @@ template <typename T> int train(const TrainArgs& args) {
                 need / 1073741824.0, free_bytes / 1073741824.0);
         return EXIT_FAILURE;
     }
+    if (args.total_batch % ((long)args.B * args.T * mg->ranks) != 0) {
+        fprintf(stderr, "error: -d %ld is not a multiple of B*T*ranks = %ld\n", args.total_batch, (long)args.B * args.T * mg->ranks);
+        return EXIT_FAILURE;
+    }
+    if (mg->ranks > 1 && out_dir.empty()) {
+        fprintf(stderr, "error: %d ranks need -o (they meet through a file there; checkpoints go there)\n", mg->ranks);
+        return EXIT_FAILURE;
+    }
+    if (!multi_gpu_init(mg, out_dir)) return EXIT_FAILURE;
     matmul_setup();
     GPT<T> model;
     gpt_build(&model, cfg, host_master.data(), args.B, args.T, quant);
@@ -1215,7 +1239,12 @@ template <typename T> int train(const TrainArgs& args) {
         }
         printf("resumed from %s at step %d\n", state_path.c_str(), state.step);
     }
-    int grad_accum = (int)(args.total_batch / ((long)args.B * args.T));
+    // micro-batches per rank and step; global micro-batch g = (step·grad_accum + micro)·ranks + rank, so N ranks
+    // see the batches and RNG draws (dropout, MLM masks, INT4 rounding and LSS, all keyed by g) of one GPU
+    // accumulating grad_accum·N micro-batches, micro-batch micro·N + rank there being g here
+    int grad_accum = (int)(args.total_batch / ((long)args.B * args.T * mg->ranks));
+    float* step_sums = nullptr;  // (loss, stop flag) summed over ranks
+    if (mg->ranks > 1) cudaCheck(cudaMalloc(&step_sums, 2 * sizeof(float)));
     OptimizerConfig opt = {args.learning_rate, 0.9f, 0.95f, 1e-8f, args.weight_decay, args.grad_clip};
     // flops per token: 6 per parameter (forward + backward) plus attention's q·k and att·v, 12·L·T·C
     double flops_per_token = 6.0 * n_params + 12.0 * cfg.num_layers * args.T * cfg.channels;
@@ -1230,8 +1259,8 @@ template <typename T> int train(const TrainArgs& args) {
     printf("| %-21s | L=%d C=%d NH=%d V=%d Vp=%d maxT=%-19d |\n", "model", cfg.num_layers, cfg.channels,
            cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size, cfg.max_seq_len);
     printf("| %-21s | %-50zu |\n", "parameters", n_params);
-    printf("| %-21s | B=%d T=%d accumulation=%d (%ld tokens/step)%*s |\n", "batch", args.B, args.T, grad_accum,
-           args.total_batch, 10, "");
+    printf("| %-21s | B=%d T=%d ranks=%d accumulation=%d (%ld tokens/step)%*s |\n", "batch", args.B, args.T,
+           mg->ranks, grad_accum, args.total_batch, 2, "");
     printf("| %-21s | lr %.3g, warmup %d, cosine to %.2g, wd %.2g, clip %.1f %*s |\n", "optimizer", args.learning_rate,
            args.warmup, args.final_lr_fraction, args.weight_decay, args.grad_clip, 4, "");
     printf("| %-21s | %-50.2f |\n", "dropout", args.dropout);
@@ -1256,7 +1285,7 @@ template <typename T> int train(const TrainArgs& args) {
     signal(SIGTERM, request_stop);
     for (int step = state.step; step <= args.max_steps; step++) {
         bool last = step == args.max_steps;
-        if (have_val && (step % args.val_every == 0 || last)) {
+        if (have_val && writer && (step % args.val_every == 0 || last)) {
             double sum = 0.0;
             long predicted = 0, correct = 0;
             for (int i = 0; batches_next_val(&data, i, args.val_steps); i++) {
@@ -1276,10 +1305,11 @@ template <typename T> int train(const TrainArgs& args) {
                 if (log) { fprintf(log, "s:%d tel:%f\n", step, val_loss); fflush(log); }
             }
         }
-        if (task == TASK_LM && args.sample_every > 0 && (step % args.sample_every == 0 || last) && step > 0) {
+        if (task == TASK_LM && writer && args.sample_every > 0 && (step % args.sample_every == 0 || last) && step > 0) {
             gpt_sample(&model, args.sample_length, args.seed, step, stdout);
         }
-        if (!out_dir.empty() && step > first_step && (last || (args.checkpoint_every > 0 && step % args.checkpoint_every == 0))) {
+        if (!out_dir.empty() && writer && step > first_step &&
+            (last || (args.checkpoint_every > 0 && step % args.checkpoint_every == 0))) {
             state.step = step;
             state.shard = data.train_loader.shard;
             state.position = data.train_loader.position;
@@ -1290,13 +1320,25 @@ template <typename T> int train(const TrainArgs& args) {
         gpt_zero_grad(&model);
         double loss = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
-            if (!batches_next_train(&data, (long)step * grad_accum + micro)) return EXIT_FAILURE;
+            long g = ((long)step * grad_accum + micro) * mg->ranks + mg->rank;
+            if (!batches_next_train(&data, g)) return EXIT_FAILURE;
             gpt_upload_batch(&model, data.inputs.data(), data.targets.data());
-            model.micro_step = (uint32_t)(step * grad_accum + micro);
+            model.micro_step = (uint32_t)g;
             gpt_forward(&model, args.dropout);
-            gpt_loss(&model, gpt_grad_scale(&model, grad_accum));
-            loss += gpt_mean_loss(&model) / grad_accum;
+            gpt_loss(&model, gpt_grad_scale(&model, grad_accum * mg->ranks));
+            loss += gpt_mean_loss(&model) / (grad_accum * mg->ranks);
             gpt_backward(&model);
+        }
+        bool stop = stop_requested;
+        if (mg->ranks > 1) {  // gradients, the loss and any rank's stop request summed over ranks (FP32)
+            float sums[2] = {(float)loss, stop ? 1.0f : 0.0f};
+            cudaCheck(cudaMemcpyAsync(step_sums, sums, sizeof sums, cudaMemcpyHostToDevice, model.stream));
+            multi_gpu_sum(mg, model.grads_memory, model.num_parameters + model.num_steps, model.stream);
+            multi_gpu_sum(mg, step_sums, 2, model.stream);
+            cudaCheck(cudaMemcpyAsync(sums, step_sums, sizeof sums, cudaMemcpyDeviceToHost, model.stream));
+            cudaCheck(cudaStreamSynchronize(model.stream));
+            loss = sums[0];
+            stop = sums[1] > 0.0f;
         }
         if (qstats_log && step % args.qstats_every == 0) gpt_qstats(&model, step, qstats_log);
         if (fault_at("TRAIN_INT4_FAULT_NAN_STEPS", step + 1) || fault_at("TRAIN_INT4_FAULT_SPIKE_STEPS", step + 1)) {
@@ -1337,9 +1379,9 @@ template <typename T> int train(const TrainArgs& args) {
                step + 1, args.max_steps, loss, norm, lr, dt * 1e3, tokens_per_second,
                100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
         if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
-        if (stop_requested) {
+        if (stop) {
             printf("stop requested (signal): ");
-            if (!out_dir.empty()) {
+            if (!out_dir.empty() && writer) {
                 state.step = step + 1;
                 state.shard = data.train_loader.shard;
                 state.position = data.train_loader.position;
@@ -1358,6 +1400,7 @@ template <typename T> int train(const TrainArgs& args) {
     if (log) fclose(log);
     if (qstats_log) fclose(qstats_log);
     gpt_free(&model);
+    if (step_sums) cudaCheck(cudaFree(step_sums));
     matmul_teardown();
     return EXIT_SUCCESS;
 }
@@ -1365,6 +1408,9 @@ template <typename T> int train(const TrainArgs& args) {
 #ifndef TESTING
 int main(int argc, char** argv) {
     TrainArgs args = parse_args(argc, argv);
-    return args.precision == PRECISION_FP32 ? train<float>(args) : train<__nv_bfloat16>(args);
+    MultiGpu mg;  // one rank, unless mpirun started us or -N asks the built-in launcher for more
+    if (!multi_gpu_from_mpirun(&mg) && args.ranks > 1 && !multi_gpu_fork(&mg, args.ranks)) return EXIT_FAILURE;
+    int status = args.precision == PRECISION_FP32 ? train<float>(args, &mg) : train<__nv_bfloat16>(args, &mg);
+    return multi_gpu_finish(&mg, status);
 }
 #endif

@@ -27,14 +27,14 @@ run() {  # run NAME CMD...: run one test program and count its lines
 check_fatbinaries() {
     local archs=${GPU_ARCH:-80 90a} bin a missing=0
     if ! command -v cuobjdump >/dev/null; then echo "SKIP fatbinaries: cuobjdump not on PATH (.ci/run installs it)"; return 0; fi
-    for bin in train_int4 test_int4 $(ls dev/*.cu 2>/dev/null | sed 's/\.cu$//'); do
+    for bin in train_int4 train_int4_single_gpu test_int4 $(ls dev/*.cu 2>/dev/null | sed 's/\.cu$//'); do
         for a in $archs; do
             if [ -x "$bin" ] && cuobjdump --list-elf "$bin" 2>/dev/null | grep -q "sm_${a}\b"; then :; else
                 echo "FAIL fatbinary $bin: no sm_${a} machine code (was it built?)"; missing=1
             fi
         done
     done
-    [ $missing -eq 0 ] && echo "PASS fatbinaries: train_int4, test_int4 and every dev/ program hold sm_${archs// /, sm_} code"
+    [ $missing -eq 0 ] && echo "PASS fatbinaries: train_int4, train_int4_single_gpu, test_int4 and every dev/ program hold sm_${archs// /, sm_} code"
     return $missing
 }
 
