@@ -25,7 +25,6 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include <time.h>
 #include <string>
 #include <vector>
-#include <nvtx3/nvToolsExt.h>
 
 #include "kernels/common.h"
 #include "kernels/rng.h"
@@ -445,9 +444,7 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
     ParameterTensors<T>& p = model->params;
     ActivationTensors<T>& a = model->acts;
     cudaStream_t s = model->stream;
-    nvtxRangePush("encoder_forward");
     encoder_forward(a.encoded, model->inputs, p.wte, p.wpe, B, T_, C, s);
-    nvtxRangePop();
     for (int l = 0; l < L; l++) {
         nvtxRangePush("block_forward");
         auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
@@ -481,13 +478,11 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
 // per-row losses into acts.losses; grad_scale > 0 also turns the logits into dlogits for the backward.
 // The gradient of the mean loss over a micro-batch is 1 / num_predicted; the caller adds accumulation.
 template <typename T> void gpt_loss(GPT<T>* model, float grad_scale) {
-    nvtxRangePush("crossentropy");
     bool classify = model->task == TASK_CLASSIFY;
     int V = classify ? model->config.num_classes : model->config.vocab_size;
     int Vp = classify ? model->config.num_classes : model->config.padded_vocab_size;
     crossentropy_forward_backward(model->acts.logits, model->acts.losses, model->targets, gpt_loss_rows(model), V, Vp,
                                   grad_scale, model->stream);
-    nvtxRangePop();
 }
 
 // the loss-gradient scale for a micro-batch of an optimizer step with `accumulation` micro-batches
@@ -543,9 +538,7 @@ template <typename T> void gpt_backward(GPT<T>* model) {
                            a.ln1_mean + l * N, a.ln1_rstd + l * N, N, C, a.reduce, s);
         nvtxRangePop();
     }
-    nvtxRangePush("encoder_backward");
     encoder_backward(g.wte, g.wpe, a.dresidual, model->host_buckets, model->buckets, B, T_, C, s);
-    nvtxRangePop();
 }
 
 // ----------------------------------------------------------------------------------------------------------

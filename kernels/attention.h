@@ -94,6 +94,7 @@ template <typename T> struct AttentionScratch {
 template <typename T>
 void attention_forward(T* out, T* att, const T* qkv, const int* key_tokens, int B, int T_, int C, int NH,
                        AttentionScratch<T>& s, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     int hs = C / NH;
     long n = (long)B * T_ * C;
     int batch = B * NH;
@@ -114,6 +115,7 @@ void attention_forward(T* out, T* att, const T* qkv, const int* key_tokens, int 
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C, int NH,
                         AttentionScratch<T>& s, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     int hs = C / NH;
     long n = (long)B * T_ * C;
     int batch = B * NH;

@@ -25,6 +25,17 @@ inline void cuda_check(cudaError_t error, const char* file, int line) {
 #endif
 
 #ifdef __CUDACC__
+#include <nvtx3/nvToolsExt.h>
+// an NVTX range over the enclosing scope: every layer's launcher opens one named after itself, so a profile
+// (nsys) shows each layer's forward and backward; train_int4.cu adds one per block around them
+struct NvtxRange {
+    explicit NvtxRange(const char* name) { nvtxRangePush(name); }
+    ~NvtxRange() { nvtxRangePop(); }
+};
+#define NVTX_RANGE_FN() NvtxRange nvtx_range(__func__)
+#endif
+
+#ifdef __CUDACC__
 #include <cuda_bf16.h>
 // activations are float (fp32 mode) or __nv_bfloat16 (bf16 and int4 modes); kernels are templates over it
 template <typename T> __device__ __forceinline__ float to_float(T v) { return (float)v; }

@@ -42,6 +42,7 @@ __global__ void crossentropy_forward_backward_kernel(T* logits, float* losses, c
 template <typename T>
 void crossentropy_forward_backward(T* logits, float* losses, const int* targets, long rows, int V, int Vp,
                                    float grad_scale, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     crossentropy_forward_backward_kernel<<<rows, 512, 0, stream>>>(logits, losses, targets, V, Vp, grad_scale);
     cudaCheck(cudaGetLastError());
 }

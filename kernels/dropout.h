@@ -14,6 +14,7 @@ __global__ void dropout_kernel(T* out, const T* inp, long n, float p, uint32_t k
 
 // the forward and the backward are the same map (mask and scale are their own adjoint)
 template <typename T> void dropout(T* out, const T* inp, long n, float p, uint32_t key, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     dropout_kernel<<<CEIL_DIV(n, 256), 256, 0, stream>>>(out, inp, n, p, key);
     cudaCheck(cudaGetLastError());
 }

@@ -17,6 +17,7 @@ __global__ void encoder_forward_kernel(T* out, const int* tokens, const T* wte, 
 
 template <typename T>
 void encoder_forward(T* out, const int* tokens, const T* wte, const T* wpe, int B, int T_, int C, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     long n = (long)B * T_ * C;
     encoder_forward_kernel<<<CEIL_DIV(n, 256), 256, 0, stream>>>(out, tokens, wte, wpe, B, T_, C);
     cudaCheck(cudaGetLastError());
@@ -71,6 +72,7 @@ __global__ void wpe_backward_kernel(float* dwpe, const T* dout, int B, int T_, i
 template <typename T>
 void encoder_backward(float* dwte, float* dwpe, const T* dout, const TokenBuckets& buckets, const int* device_buckets,
                       int B, int T_, int C, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     int n_buckets = buckets.count();
     const int* d_token = device_buckets;
     const int* d_start = d_token + n_buckets;

@@ -25,12 +25,14 @@ __global__ void gelu_backward_kernel(T* dinp, const T* inp, const T* dout, long 
 }
 
 template <typename T> void gelu_forward(T* out, const T* inp, long n, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     gelu_forward_kernel<<<CEIL_DIV(n, 256), 256, 0, stream>>>(out, inp, n);
     cudaCheck(cudaGetLastError());
 }
 
 // dinp may alias dout (in place)
 template <typename T> void gelu_backward(T* dinp, const T* inp, const T* dout, long n, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     gelu_backward_kernel<<<CEIL_DIV(n, 256), 256, 0, stream>>>(dinp, inp, dout, n);
     cudaCheck(cudaGetLastError());
 }

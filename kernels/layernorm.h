@@ -35,6 +35,7 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight, const T* bias, int N, int C,
                        cudaStream_t stream) {
+    NVTX_RANGE_FN();
     layernorm_forward_kernel<<<CEIL_DIV(N, 8), 256, 0, stream>>>(out, mean, rstd, inp, weight, bias, N, C);
     cudaCheck(cudaGetLastError());
 }
@@ -106,6 +107,7 @@ __global__ void layernorm_param_finish_kernel(float* dweight, float* dbias, cons
 template <typename T>
 void layernorm_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight,
                         const float* mean, const float* rstd, int N, int C, float* scratch, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     layernorm_backward_input_kernel<<<CEIL_DIV(N, 8), 256, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
     cudaCheck(cudaGetLastError());
     int n_chunks = CEIL_DIV(N, LAYERNORM_ROWS_PER_CHUNK);

@@ -97,6 +97,7 @@ void matmul_lt(TOut* d, const TIn* a, const TIn* b, const TOut* bias, int m, int
 // out (N x M) = inp (N x K) · weight (M x K)ᵀ + bias (M). Column-major: outᵀ = W(ᵀ as stored) · inpᵀ.
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int K, int M, cudaStream_t stream = 0) {
+    NVTX_RANGE_FN();
     matmul_lt(out, weight, inp, bias, M, N, K, true, false, K, K, M, 1.0f, 0.0f, 1, 0, 0, 0, stream);
 }
 
@@ -145,6 +146,7 @@ void bias_backward(float* dbias, const T* dout, int N, int M, float* scratch, cu
 template <typename T>
 void matmul_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight, int N,
                      int K, int M, float* scratch, cudaStream_t stream = 0) {
+    NVTX_RANGE_FN();
     matmul_lt(dinp, weight, dout, (const T*)nullptr, K, N, M, false, false, K, M, K, 1.0f, 0.0f, 1, 0, 0, 0, stream);
     matmul_lt(dweight, inp, dout, (const float*)nullptr, K, M, N, false, true, K, M, K, 1.0f, 1.0f, 1, 0, 0, 0, stream);
     if (dbias) bias_backward(dbias, dout, N, M, scratch, stream);

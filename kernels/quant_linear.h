@@ -311,6 +311,7 @@ void quant_backward_finish(TOut* out, bool accumulate, const int32_t* acc, const
 template <typename T>
 void quant_linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int K, int M, int g,
                           const float* step_x, const float* step_w, QuantScratch& s, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, (int8_t*)nullptr, weight, M, K, g, step_w, stream);
     int8_matmul_tn(s.acc, s.codes_w, s.codes_x, M, N, K, stream);  // column-major M x N = row-major N x M
@@ -327,6 +328,7 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
                            const float* step_w, float keep_ratio, uint32_t seed, uint32_t micro_step,
                            uint32_t linear_index, float* lss_stats, QuantScratch& s, float* reduce_scratch,
                            cudaStream_t stream) {
+    NVTX_RANGE_FN();
     // recompute the forward's codes (steps are unchanged within a micro-step); the weight also transposed
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, s.codes_w_t, weight, M, K, g, step_w, stream);

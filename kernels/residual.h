@@ -10,6 +10,7 @@ __global__ void residual_forward_kernel(T* out, const T* a, const T* b, long n) 
 }
 
 template <typename T> void residual_forward(T* out, const T* a, const T* b, long n, cudaStream_t stream) {
+    NVTX_RANGE_FN();
     residual_forward_kernel<<<CEIL_DIV(n, 256), 256, 0, stream>>>(out, a, b, n);
     cudaCheck(cudaGetLastError());
 }
