@@ -16,14 +16,7 @@ if [ "${PART:-all}" != train ]; then
 fi
 [ "${PART:-all}" = kernels ] && exit 0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-python3 - "$tmp/random.bin" <<'PYEOF'
-import random, struct, sys
-random.seed(0)
-n = 1 << 22
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
-    f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
-PYEOF
+python3 scripts/random_shard.py "$tmp/random.bin"
 printf "%-6s %-10s %-12s %-10s\n" model "B x T" "tok/s" "GiB"
 for spec in ${MODELS:-d12:32 d24:16 d36:8}; do  # model:batch
     set -- ${spec%%:*} ${spec#*:}

@@ -9,14 +9,7 @@ export NCCL_NVLS_ENABLE=0
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 [ "$gpus" -ge 1 ] || { echo "bench_multi_gpu: no GPU here"; exit 1; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-python3 - "$tmp/random.bin" <<'PYEOF'
-import random, struct, sys
-random.seed(0)
-n = 1 << 22
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
-    f.write(struct.pack(f"<{n}H", *(random.randrange(50257) for _ in range(n))))
-PYEOF
+python3 scripts/random_shard.py "$tmp/random.bin"
 printf "%-12s %-5s %-12s %-10s\n" model GPUs tok/s efficiency
 for model in d24 24:2048:16; do
     base=0
