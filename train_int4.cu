@@ -844,7 +844,7 @@ struct TrainArgs {
     const char* model = "d6";        // descriptor dL, L:C:NH, or an llm.c model file
     const char* output_dir = nullptr;
     int B = 64, T = 256;
-    long total_batch = -1;           // tokens per optimizer step; -1 = B*T
+    long total_batch = -1;           // tokens per optimizer step over all ranks; -1 = B*T*ranks
     float learning_rate = 1e-3f, final_lr_fraction = 0.1f, weight_decay = 0.1f, grad_clip = 1.0f, dropout = 0.2f;
     int warmup = 100, max_steps = 1500;
     int val_every = 250, val_steps = 20, sample_every = 500, sample_length = 256;
@@ -872,7 +872,7 @@ static void print_usage(void) {
            "  -o <dir>    output dir: log, checkpoints       default none\n"
            "  -b <int>    batch size B                       default 64\n"
            "  -t <int>    sequence length T                  default 256\n"
-           "  -d <int>    tokens per optimizer step (multiple of B*T: gradient accumulation)  default B*T\n"
+           "  -d <int>    tokens per optimizer step over all ranks (multiple of B*T*ranks: gradient accumulation)   default B*T*ranks\n"
            "  -l <float>  learning rate                      default 1e-3\n"
            "  -u <int>    warmup steps                       default 100\n"
            "  -c <float>  weight decay                       default 0.1\n"
@@ -1005,8 +1005,7 @@ static TrainArgs parse_args(int argc, char** argv) {
         }
     }
     if (a.learning_rate <= 0.0f) die("-l must be positive%s", "");
-    if (a.total_batch == -1) a.total_batch = (long)a.B * a.T;
-    if (a.total_batch <= 0 || a.total_batch % ((long)a.B * a.T) != 0) {
+    if (a.total_batch != -1 && (a.total_batch <= 0 || a.total_batch % ((long)a.B * a.T) != 0)) {
         char buf[64];
         snprintf(buf, sizeof buf, "%ld", a.total_batch);
         die("-d %s is not a positive multiple of B*T", buf);
@@ -1210,8 +1209,9 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
                 need / 1073741824.0, free_bytes / 1073741824.0);
         return EXIT_FAILURE;
     }
-    if (args.total_batch % ((long)args.B * args.T * mg->ranks) != 0) {
-        fprintf(stderr, "error: -d %ld is not a multiple of B*T*ranks = %ld\n", args.total_batch, (long)args.B * args.T * mg->ranks);
+    long total_batch = args.total_batch == -1 ? (long)args.B * args.T * mg->ranks : args.total_batch;
+    if (total_batch % ((long)args.B * args.T * mg->ranks) != 0) {
+        fprintf(stderr, "error: -d %ld is not a multiple of B*T*ranks = %ld\n", total_batch, (long)args.B * args.T * mg->ranks);
         return EXIT_FAILURE;
     }
     if (mg->ranks > 1 && out_dir.empty()) {
@@ -1235,7 +1235,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     // micro-batches per rank and step; global micro-batch g = (step·grad_accum + micro)·ranks + rank, so N ranks
     // see the batches and RNG draws (dropout, MLM masks, INT4 rounding and LSS, all keyed by g) of one GPU
     // accumulating grad_accum·N micro-batches, micro-batch micro·N + rank there being g here
-    int grad_accum = (int)(args.total_batch / ((long)args.B * args.T * mg->ranks));
+    int grad_accum = (int)(total_batch / ((long)args.B * args.T * mg->ranks));
     float* step_sums = nullptr;  // (loss, stop flag) summed over ranks
     if (mg->ranks > 1) cudaCheck(cudaMalloc(&step_sums, 2 * sizeof(float)));
     OptimizerConfig opt = {args.learning_rate, 0.9f, 0.95f, 1e-8f, args.weight_decay, args.grad_clip};
@@ -1253,7 +1253,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
            cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size, cfg.max_seq_len);
     printf("| %-21s | %-50zu |\n", "parameters", n_params);
     printf("| %-21s | B=%d T=%d ranks=%d accumulation=%d (%ld tokens/step)%*s |\n", "batch", args.B, args.T,
-           mg->ranks, grad_accum, args.total_batch, 2, "");
+           mg->ranks, grad_accum, total_batch, 2, "");
     printf("| %-21s | lr %.3g, warmup %d, cosine to %.2g, wd %.2g, clip %.1f %*s |\n", "optimizer", args.learning_rate,
            args.warmup, args.final_lr_fraction, args.weight_decay, args.grad_clip, 4, "");
     printf("| %-21s | %-50.2f |\n", "dropout", args.dropout);
@@ -1365,7 +1365,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         gpt_update(&model, opt, lr, step + 1);
         cudaCheck(cudaStreamSynchronize(model.stream));
         double dt = seconds_now() - t0;
-        double tokens_per_second = args.total_batch / dt;
+        double tokens_per_second = total_batch / dt;
         double elapsed = seconds_now() - loop_start;
         double eta = elapsed / (step - first_step + 1) * (args.max_steps - step - 1);
         printf("step %5d/%d | loss %.6f | norm %6.3f | lr %.2e | %7.1f ms | %9.0f tok/s | MFU %5.1f%% | ETA %4.0f s\n",
