@@ -3,16 +3,13 @@
 // config, a state file exactly as long as its arrays) or fail with a one-line error — never crash or overread.
 //   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -Ikernels dev/fuzz/fuzz_checkpoint.cpp
 #include <stdio.h>
-#include <unistd.h>
+#include "fuzz_file.h"
 #include "model_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/fuzz_checkpoint_%d.bin", (int)getpid());
-    FILE* out = fopen(path, "wb");
-    if (!out) return 0;
-    fwrite(data, 1, size, out);
-    fclose(out);
+    std::string file = fuzz_input_file("fuzz_checkpoint", data, size);
+    if (file.empty()) return 0;
+    const char* path = file.c_str();
     GPTConfig cfg;
     std::vector<float> weights;
     if (read_model_file(path, &cfg, &weights)) {

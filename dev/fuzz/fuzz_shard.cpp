@@ -2,16 +2,13 @@
 // valid shard (every token below the vocabulary, enough for a batch) or a one-line error, never a crash.
 //   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -Ikernels dev/fuzz/fuzz_shard.cpp
 #include <stdio.h>
-#include <unistd.h>
+#include "fuzz_file.h"
 #include "dataloader.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/fuzz_shard_%d.bin", (int)getpid());
-    FILE* f = fopen(path, "wb");
-    if (!f) return 0;
-    fwrite(data, 1, size, f);
-    fclose(f);
+    std::string file = fuzz_input_file("fuzz_shard", data, size);
+    if (file.empty()) return 0;
+    const char* path = file.c_str();
     DataLoader loader;
     if (dataloader_init(&loader, path, 2, 8, 256, true, 1)) {
         for (uint16_t t : loader.tokens) if (t >= 256) __builtin_trap();
