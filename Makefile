@@ -13,10 +13,13 @@ NVCC_LIBS := -lcublasLt -lcublas
 # multi-GPU data parallelism (kernels/multi_gpu.h) needs NCCL: on when the toolkit has nccl.h, off with
 # NO_MULTI_GPU=1 (train_int4 then runs on one GPU and refuses -N). train_int4_single_gpu is always built
 # without it, so `make` proves both builds compile.
-NO_MULTI_GPU ?= $(shell echo '\#include <nccl.h>' | $(NVCC) -E -x cu - >/dev/null 2>&1 || echo 1)
+# NCCL outside the toolkit's paths: NCCL_HOME=<folder with include/nccl.h and lib/libnccl.so>.
+NCCL_HOME ?=
+NCCL_INCLUDE := $(if $(NCCL_HOME),-I$(NCCL_HOME)/include)
+NO_MULTI_GPU ?= $(shell echo '\#include <nccl.h>' | $(NVCC) $(NCCL_INCLUDE) -E -x cu - >/dev/null 2>&1 || echo 1)
 ifeq ($(NO_MULTI_GPU),)
-MULTI_GPU_FLAGS := -DMULTI_GPU
-MULTI_GPU_LIBS := -lnccl
+MULTI_GPU_FLAGS := -DMULTI_GPU $(NCCL_INCLUDE)
+MULTI_GPU_LIBS := $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib -Xlinker -rpath=$(NCCL_HOME)/lib) -lnccl
 endif
 CXX_FLAGS ?= -O2 -std=c++17 -Wall -Wextra -fno-fast-math
 # the first python3 that has torch: Debian's /usr/bin/python3 in CI (python3-torch), plain python3 on the H100
