@@ -8,7 +8,8 @@ GENCODE := $(foreach a,$(GPU_ARCH),-gencode=arch=compute_$(a),code=sm_$(a))
 # --use_fast_math is NOT used anywhere: the quantizers (kernels/int4_math.h) need IEEE division and
 # round-half-even, and train_int4.cu/test_int4.cu/dev/ all include them. A file that includes no quantizer
 # code may add it to its own rule below, with a comment saying why it is safe.
-NVCC_FLAGS ?= -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -Xcompiler -Wall,-Wno-unused-function
+# -fopenmp: the host initialises a large model's parameters on all cores (train_int4.cu)
+NVCC_FLAGS ?= -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr -Xcompiler -Wall,-Wno-unused-function,-fopenmp
 NVCC_LIBS := -lcublasLt -lcublas
 # multi-GPU data parallelism (kernels/multi_gpu.h) needs NCCL: on when the toolkit has nccl.h, off with
 # NO_MULTI_GPU=1 (train_int4 then runs on one GPU and refuses -N). train_int4_single_gpu is always built

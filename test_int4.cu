@@ -671,8 +671,24 @@ static void test_classification_loader() {
 
 // ----------------------------------------------------------------------------------------------------------
 
+// usage: test_int4 [dump] [modes]: modes, a comma list of fp32, bf16, int4 (default all), limits the GPU model
+// checks to those precisions (e.g. to run one under compute-sanitizer, which is slow)
 int main(int argc, char** argv) {
     const char* dump_path = argc > 1 ? argv[1] : "ref/dump.bin";
+    bool want[3] = {argc <= 2, argc <= 2, argc <= 2};  // fp32, bf16, int4
+    static const char* mode_names[3] = {"fp32", "bf16", "int4"};
+    for (std::string list = argc > 2 ? argv[2] : ""; !list.empty();) {
+        size_t comma = list.find(',');
+        std::string mode = list.substr(0, comma);
+        list = comma == std::string::npos ? "" : list.substr(comma + 1);
+        int m = 0;
+        while (m < 3 && mode != mode_names[m]) m++;
+        if (m == 3) {
+            fprintf(stderr, "error: test_int4 modes '%s': expected a comma list of fp32, bf16, int4\n", argv[2]);
+            return EXIT_FAILURE;
+        }
+        want[m] = true;
+    }
     ReferenceDump dump;
     if (!reference_dump_load(dump_path, &dump)) { return EXIT_FAILURE; }
     int device_count = 0;
@@ -688,17 +704,17 @@ int main(int argc, char** argv) {
     test_quant_error_device(have_gpu);
     if (have_gpu) {  // GPT: the LM; BERT: the masked LM, then the classifier (same tolerances, same reasons)
         matmul_setup();
-        test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
-        test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
-        test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f);
+        if (want[0]) test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
+        if (want[1]) test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
+        if (want[2]) test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f);
         if (dump.header[2] == 1) {
-            test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f, "cls_");
-            test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f, "cls_");
-            test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f, "cls_");
+            if (want[0]) test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f, "cls_");
+            if (want[1]) test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f, "cls_");
+            if (want[2]) test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f, "cls_");
         } else {
-            test_resume_determinism<float>(dump, "fp32");
-            test_resume_determinism<__nv_bfloat16>(dump, "bf16");
-            test_resume_determinism<__nv_bfloat16>(dump, "int4");
+            if (want[0]) test_resume_determinism<float>(dump, "fp32");
+            if (want[1]) test_resume_determinism<__nv_bfloat16>(dump, "bf16");
+            if (want[2]) test_resume_determinism<__nv_bfloat16>(dump, "int4");
         }
         matmul_teardown();
     } else {

@@ -181,6 +181,7 @@ static void gpt_init_parameters(float* host, const size_t sizes[NUM_PARAMETER_TE
         bool is_bias = name[strlen(name) - 1] == 'b';
         float std = (!strcmp(name, "attprojw") || !strcmp(name, "fcprojw")) ? residual_std : 0.02f;
         uint32_t key = rng_key(seed, rng_stream_init(t));
+#pragma omp parallel for  // each element from its own hash draw: the same values on any thread count
         for (size_t i = 0; i < sizes[t]; i++) {
             host[i] = is_ln_weight ? 1.0f : is_bias ? 0.0f : rng_normal(key, (uint32_t)i) * std;
         }
@@ -243,6 +244,7 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
         model->params_memory = (T*)model->master_memory;
     } else {
         std::vector<T> converted(n);
+#pragma omp parallel for
         for (size_t i = 0; i < n; i++) converted[i] = host_float_to_bf16(host_master[i]);
         cudaCheck(cudaMalloc(&model->params_memory, n * sizeof(T)));
         cudaCheck(cudaMemcpy(model->params_memory, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
@@ -1147,14 +1149,11 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         return EXIT_FAILURE;
     }
     cfg.num_classes = classes;
-    // parameters: the init of the whole config; a model file replaces the tensors it has (a pretrained
+    // parameters: the init of the whole config (below); a model file replaces the tensors it has (a pretrained
     // encoder gets a freshly initialised classifier)
     size_t sizes[NUM_PARAMETER_TENSORS], n_params = 0;
     fill_parameter_sizes(sizes, cfg);
     for (size_t s : sizes) n_params += s;
-    std::vector<float> host_master(n_params);
-    gpt_init_parameters(host_master.data(), sizes, cfg, args.seed);
-    std::copy(file_weights.begin(), file_weights.end(), host_master.begin());
     std::string out_dir = args.output_dir ? args.output_dir : "";
     // resuming: the latest state file must belong to this run (config, precision, size) before anything
     // is written or the GPU is touched
@@ -1172,24 +1171,24 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         if (f) fclose(f);
         if (!ok) return EXIT_FAILURE;
     }
-    FILE* log = nullptr;
-    bool writer = mg->rank == 0;  // rank 0 writes the log and the checkpoints
+    long total_batch = args.total_batch == -1 ? (long)args.B * args.T * mg->ranks : args.total_batch;
+    if (total_batch % ((long)args.B * args.T * mg->ranks) != 0) {
+        fprintf(stderr, "error: -d %ld is not a multiple of B*T*ranks = %ld\n", total_batch, (long)args.B * args.T * mg->ranks);
+        return EXIT_FAILURE;
+    }
+    if (mg->ranks > 1 && out_dir.empty()) {
+        fprintf(stderr, "error: %d ranks need -o (they meet through a file there; checkpoints go there)\n", mg->ranks);
+        return EXIT_FAILURE;
+    }
     if (!out_dir.empty()) {
         for (size_t i = 1; i <= out_dir.size(); i++) {  // mkdir -p
             if (i == out_dir.size() || out_dir[i] == '/') mkdir(out_dir.substr(0, i).c_str(), 0755);
         }
-    }
-    if (!out_dir.empty() && writer) {
-        log = fopen((out_dir + "/main.log").c_str(), args.resume ? "a" : "w");
-        if (!log) {
+        struct stat folder;
+        if (stat(out_dir.c_str(), &folder) != 0 || !S_ISDIR(folder.st_mode) || access(out_dir.c_str(), W_OK) != 0) {
             fprintf(stderr, "error: -o %s: cannot write %s/main.log (not a writable folder?)\n", out_dir.c_str(), out_dir.c_str());
             return EXIT_FAILURE;
         }
-    }
-    FILE* qstats_log = nullptr;
-    if (args.qstats_every > 0 && writer) {
-        qstats_log = fopen((out_dir + "/qstats.log").c_str(), args.resume ? "a" : "w");
-        if (!qstats_log) { fprintf(stderr, "error: cannot write %s/qstats.log\n", out_dir.c_str()); return EXIT_FAILURE; }
     }
     // the GPU, and enough memory for this model and batch
     int device_count = 0;
@@ -1209,15 +1208,24 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
                 need / 1073741824.0, free_bytes / 1073741824.0);
         return EXIT_FAILURE;
     }
-    long total_batch = args.total_batch == -1 ? (long)args.B * args.T * mg->ranks : args.total_batch;
-    if (total_batch % ((long)args.B * args.T * mg->ranks) != 0) {
-        fprintf(stderr, "error: -d %ld is not a multiple of B*T*ranks = %ld\n", total_batch, (long)args.B * args.T * mg->ranks);
-        return EXIT_FAILURE;
+    FILE* log = nullptr;
+    bool writer = mg->rank == 0;  // rank 0 writes the log and the checkpoints
+    if (!out_dir.empty() && writer) {
+        log = fopen((out_dir + "/main.log").c_str(), args.resume ? "a" : "w");
+        if (!log) {
+            fprintf(stderr, "error: -o %s: cannot write %s/main.log (not a writable folder?)\n", out_dir.c_str(), out_dir.c_str());
+            return EXIT_FAILURE;
+        }
     }
-    if (mg->ranks > 1 && out_dir.empty()) {
-        fprintf(stderr, "error: %d ranks need -o (they meet through a file there; checkpoints go there)\n", mg->ranks);
-        return EXIT_FAILURE;
+    FILE* qstats_log = nullptr;
+    if (args.qstats_every > 0 && writer) {
+        qstats_log = fopen((out_dir + "/qstats.log").c_str(), args.resume ? "a" : "w");
+        if (!qstats_log) { fprintf(stderr, "error: cannot write %s/qstats.log\n", out_dir.c_str()); return EXIT_FAILURE; }
     }
+    // the parameters, once the GPU is known to hold them (a large model's init takes a while on the host)
+    std::vector<float> host_master(n_params);
+    gpt_init_parameters(host_master.data(), sizes, cfg, args.seed);
+    std::copy(file_weights.begin(), file_weights.end(), host_master.begin());
     if (!multi_gpu_init(mg, out_dir)) return EXIT_FAILURE;
     matmul_setup();
     GPT<T> model;
@@ -1236,6 +1244,16 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     // see the batches and RNG draws (dropout, MLM masks, INT4 rounding and LSS, all keyed by g) of one GPU
     // accumulating grad_accum·N micro-batches, micro-batch micro·N + rank there being g here
     int grad_accum = (int)(total_batch / ((long)args.B * args.T * mg->ranks));
+    if (model.num_steps > 0 && !model.steps_initialised) {
+        // INT4: the LSQ steps start from global micro-batch 0's statistics (one forward, linear_forward) on
+        // every rank, so N ranks hold the same steps as one GPU, whatever each rank's first batch is
+        long position = data.train_loader.position;
+        if (!batches_next_train(&data, 0)) return EXIT_FAILURE;
+        data.train_loader.position = position;
+        gpt_upload_batch(&model, data.inputs.data(), data.targets.data());
+        model.micro_step = 0;
+        gpt_forward(&model, args.dropout);
+    }
     float* step_sums = nullptr;  // (loss, stop flag) summed over ranks
     if (mg->ranks > 1) cudaCheck(cudaMalloc(&step_sums, 2 * sizeof(float)));
     OptimizerConfig opt = {args.learning_rate, 0.9f, 0.95f, 1e-8f, args.weight_decay, args.grad_clip};

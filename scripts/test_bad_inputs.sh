@@ -35,6 +35,7 @@ expect_error "dump truncated" "truncated.bin: record .*truncated" ./test_int4 "$
 expect_error "dump wrong magic" "magic.bin: bad magic 12345" ./test_int4 "$tmp/magic.bin"
 expect_error "dump wrong version" "version.bin: version 99, expected 1" ./test_int4 "$tmp/version.bin"
 expect_error "dump corrupt record" "name.bin: record 0: truncated or bad name length" ./test_int4 "$tmp/name.bin"
+expect_error "test_int4 unknown mode" "test_int4 modes 'fp32,fp64': expected a comma list of fp32, bf16, int4" ./test_int4 "$dump" fp32,fp64
 
 # train_int4 flags: each is rejected before any GPU work, with a message naming the flag
 expect_error "flag unknown" "unknown flag '-w'" ./train_int4 -w 1
