@@ -35,7 +35,7 @@ SPEAKER_TASK := data/speakers_train.tsv data/speakers_val.tsv
 .PHONY: all dev test bench clean data
 .DEFAULT_GOAL := train_int4
 
-all: train_int4 train_int4_single_gpu test_int4 dev data ref/dump.bin ref/dump_bert.bin
+all: train_int4 train_int4_single_gpu test_int4 dev data ref/dump.bin ref/dump_bert.bin tools/model_roundtrip
 
 train_int4: train_int4.cu $(HEADERS) | data
 	$(NVCC) $(NVCC_FLAGS) $(MULTI_GPU_FLAGS) $(GENCODE) $< $(NVCC_LIBS) $(MULTI_GPU_LIBS) -o $@
@@ -51,7 +51,7 @@ dev: $(DEV_BINARIES)
 dev/%: dev/%.cu $(HEADERS) $(wildcard dev/*.h)
 	$(NVCC) $(NVCC_FLAGS) $(GENCODE) $< $(NVCC_LIBS) -o $@
 
-# host-only programs (no GPU, no nvcc): the shard writer and the CPU tests of the quantizer reference
+# host-only programs (no GPU, no nvcc): the shard and speaker-task writers, the model-file round trip
 tools/%: data/%.cpp $(HEADERS)
 	@mkdir -p tools
 	$(CXX) $(CXX_FLAGS) -Ikernels $< -o $@ -lm

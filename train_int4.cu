@@ -723,19 +723,11 @@ template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir
     cudaCheck(cudaMemcpy(master.data(), model->master_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(m.data(), model->m_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(v.data(), model->v_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
-    int32_t header[256];
     char path[1024];
-    bool bf16 = !std::is_same<T, float>::value;
-    model_header(header, model->config, bf16 ? MODEL_VERSION_BF16 : MODEL_VERSION_FP32);
     snprintf(path, sizeof path, "%s/model_%08d.bin", dir.c_str(), st.step);
-    bool ok;
-    if (bf16) {
-        std::vector<uint16_t> raw(n);
-        for (size_t i = 0; i < n; i++) { uint32_t bits; memcpy(&bits, &master[i], 4); raw[i] = (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16); }
-        ok = write_file_atomic(path, header, {{raw.data(), n * 2}});
-    } else {
-        ok = write_file_atomic(path, header, {{master.data(), n * 4}});
-    }
+    bool ok = write_model_file(path, model->config, std::is_same<T, float>::value ? MODEL_VERSION_FP32 : MODEL_VERSION_BF16,
+                               master.data(), n);
+    int32_t header[256];
     memset(header, 0, sizeof header);
     header[0] = STATE_MAGIC;
     header[1] = STATE_VERSION;

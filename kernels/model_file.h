@@ -22,16 +22,16 @@ struct GPTConfig {
 };
 
 enum Precision { PRECISION_FP32 = 0, PRECISION_BF16 = 1, PRECISION_INT4 = 2 };
-static const char* precision_names[] = {"fp32", "bf16", "int4"};
+inline const char* precision_names[] = {"fp32", "bf16", "int4"};
 
 // the tensors in llm.c's order (so its checkpoints load), then BERT's classifier head (empty unless
 // num_classes > 0, so GPT files are exactly llm.c's)
 #define NUM_PARAMETER_TENSORS 18
-static const char* parameter_names[NUM_PARAMETER_TENSORS] = {
+inline const char* parameter_names[NUM_PARAMETER_TENSORS] = {
     "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
     "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "clsw", "clsb"};
 
-static void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& cfg) {
+inline void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTConfig& cfg) {
     size_t Vp = cfg.padded_vocab_size, C = cfg.channels, maxT = cfg.max_seq_len, L = cfg.num_layers;
     size_t K = cfg.num_classes;
     size_t shapes[NUM_PARAMETER_TENSORS] = {Vp * C, maxT * C, L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
@@ -45,7 +45,7 @@ static void fill_parameter_sizes(size_t sizes[NUM_PARAMETER_TENSORS], const GPTC
 #define STATE_MAGIC 20261124
 #define STATE_VERSION 1
 
-static void model_header(int32_t header[256], const GPTConfig& c, int version) {
+inline void model_header(int32_t header[256], const GPTConfig& c, int version) {
     memset(header, 0, 256 * sizeof(int32_t));
     header[0] = MODEL_MAGIC;
     header[1] = version;
@@ -60,7 +60,7 @@ static void model_header(int32_t header[256], const GPTConfig& c, int version) {
 }
 
 // reads an llm.c model file (version 3 FP32 or 5 BF16) into FP32 host weights
-static bool read_model_file(const char* path, GPTConfig* cfg, std::vector<float>* weights) {
+inline bool read_model_file(const char* path, GPTConfig* cfg, std::vector<float>* weights) {
     int32_t header[256];
     long file_size;
     FILE* f = open_checked(path, header, MODEL_MAGIC, "model file", &file_size);
@@ -100,9 +100,24 @@ static bool read_model_file(const char* path, GPTConfig* cfg, std::vector<float>
     return ok;
 }
 
+// writes FP32 host weights as an llm.c model file: version 3 (FP32) or 5 (BF16, rounded to nearest even, as
+// PyTorch's .to(torch.bfloat16) that llm.c's export uses); temp file + rename
+inline bool write_model_file(const std::string& path, const GPTConfig& cfg, int version, const float* weights, size_t n) {
+    int32_t header[256];
+    model_header(header, cfg, version);
+    if (version == MODEL_VERSION_FP32) return write_file_atomic(path, header, {{weights, n * 4}});
+    std::vector<uint16_t> raw(n);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &weights[i], 4);
+        raw[i] = (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    }
+    return write_file_atomic(path, header, {{raw.data(), n * 2}});
+}
+
 // a state file's header against this run: version, model config, precision, and the file's size for
 // total = parameters + LSQ steps values (master, m, v)
-static bool state_header_check(const int32_t header[256], long file_size, const GPTConfig& c, int precision,
+inline bool state_header_check(const int32_t header[256], long file_size, const GPTConfig& c, int precision,
                                size_t total, const char* path) {
     size_t n;
     memcpy(&n, &header[14], sizeof n);

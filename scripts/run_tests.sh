@@ -46,6 +46,7 @@ run "test_int4 vs BERT reference dump" ./test_int4 ref/dump_bert.bin
 run "bad inputs" bash scripts/test_bad_inputs.sh
 run "faults (GPU)" bash scripts/test_faults.sh
 run "multi-GPU (2+ GPUs)" bash scripts/test_multi_gpu.sh
+run "llm.c model files (LLMC checkout)" bash scripts/test_llmc_format.sh
 run "host tools under sanitizers" bash scripts/test_sanitized_tools.sh
 run "fuzzing the loaders" bash scripts/run_fuzzers.sh
 # every dev/ kernel program validates each of its versions against its CPU reference with --check (GPU)
