@@ -18,6 +18,7 @@ template parameter (float or __nv_bfloat16) chosen once in main from -p.
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,12 +190,50 @@ static void gpt_init_parameters(float* host, const size_t sizes[NUM_PARAMETER_TE
     }
 }
 
-static size_t activation_bytes(const GPTConfig& c, int B, int T, size_t elem) {
-    size_t L = c.num_layers, C = c.channels, NH = c.num_heads, BT = (size_t)B * T, Vp = c.padded_vocab_size;
-    size_t t_elems = BT * C + L * BT * C * 6 + L * BT * 3 * C + L * NH * BT * T + L * BT * 8 * C + BT * C + BT * Vp +
-                     BT * C * 2 + BT * 4 * C + BT * 3 * C + BT * C * 7 + NH * BT * T;
-    size_t f_elems = L * BT * 4 + BT * 3 + CEIL_DIV(BT, 256) * 4 * C + NORM_BLOCKS + NH * BT * T;
-    return t_elems * elem + f_elems * sizeof(float);
+
+// points every activation into one allocation at base and returns the bytes they span (base = nullptr: only
+// the size, for the allocation and the memory check). FP32 arrays follow the T ones, 16-byte aligned.
+template <typename T>
+size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& cfg, int B, int T_) {
+    size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, BT = (size_t)B * T_, Vp = cfg.padded_vocab_size;
+    uintptr_t cursor = (uintptr_t)base;
+    auto take_t = [&](size_t count) { T* p = (T*)cursor; cursor += count * sizeof(T); return p; };
+    auto take_f = [&](size_t count) { float* p = (float*)cursor; cursor += count * sizeof(float); return p; };
+    a->encoded = take_t(BT * C);
+    a->ln1 = take_t(L * BT * C);
+    a->qkv = take_t(L * BT * 3 * C);
+    a->atty = take_t(L * BT * C);
+    a->att = take_t(L * NH * BT * T_);
+    a->residual2 = take_t(L * BT * C);
+    a->ln2 = take_t(L * BT * C);
+    a->fch = take_t(L * BT * 4 * C);
+    a->fch_gelu = take_t(L * BT * 4 * C);
+    a->residual3 = take_t(L * BT * C);
+    a->lnf = take_t(BT * C);
+    a->logits = take_t(BT * Vp);
+    a->btc = take_t(BT * C);
+    a->dresidual = take_t(BT * C);
+    a->bt4c = take_t(BT * 4 * C);
+    a->bt3c = take_t(BT * 3 * C);
+    a->attention.q = take_t(BT * C);
+    a->attention.k = take_t(BT * C);
+    a->attention.v = take_t(BT * C);
+    a->attention.y_heads = take_t(BT * C);
+    a->attention.dq = take_t(BT * C);
+    a->attention.dk = take_t(BT * C);
+    a->attention.dv = take_t(BT * C);
+    a->attention.dscores = take_t(NH * BT * T_);
+    cursor = (cursor + 15) & ~(uintptr_t)15;
+    a->ln1_mean = take_f(L * BT);
+    a->ln1_rstd = take_f(L * BT);
+    a->ln2_mean = take_f(L * BT);
+    a->ln2_rstd = take_f(L * BT);
+    a->lnf_mean = take_f(BT);
+    a->lnf_rstd = take_f(BT);
+    a->losses = take_f(BT);
+    a->reduce = take_f(CEIL_DIV(BT, 256) * 4 * C + NORM_BLOCKS);
+    a->attention.scores = take_f(NH * BT * T_);
+    return cursor - (uintptr_t)base;
 }
 
 struct QuantConfig {
@@ -252,46 +291,9 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     point_parameters(&model->params, model->params_memory, model->parameter_sizes);
     point_parameters(&model->grads, model->grads_memory, model->parameter_sizes);
 
-    size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, BT = (size_t)B * T_, Vp = cfg.padded_vocab_size;
-    cudaCheck(cudaMalloc(&model->acts_memory, activation_bytes(cfg, B, T_, sizeof(T))));
-    char* cursor = (char*)model->acts_memory;
-    auto take_t = [&](size_t count) { T* p = (T*)cursor; cursor += count * sizeof(T); return p; };
-    auto take_f = [&](size_t count) { float* p = (float*)cursor; cursor += count * sizeof(float); return p; };
-    ActivationTensors<T>& a = model->acts;
-    a.encoded = take_t(BT * C);
-    a.ln1 = take_t(L * BT * C);
-    a.qkv = take_t(L * BT * 3 * C);
-    a.atty = take_t(L * BT * C);
-    a.att = take_t(L * NH * BT * T_);
-    a.residual2 = take_t(L * BT * C);
-    a.ln2 = take_t(L * BT * C);
-    a.fch = take_t(L * BT * 4 * C);
-    a.fch_gelu = take_t(L * BT * 4 * C);
-    a.residual3 = take_t(L * BT * C);
-    a.lnf = take_t(BT * C);
-    a.logits = take_t(BT * Vp);
-    a.btc = take_t(BT * C);
-    a.dresidual = take_t(BT * C);
-    a.bt4c = take_t(BT * 4 * C);
-    a.bt3c = take_t(BT * 3 * C);
-    a.attention.q = take_t(BT * C);
-    a.attention.k = take_t(BT * C);
-    a.attention.v = take_t(BT * C);
-    a.attention.y_heads = take_t(BT * C);
-    a.attention.dq = take_t(BT * C);
-    a.attention.dk = take_t(BT * C);
-    a.attention.dv = take_t(BT * C);
-    a.attention.dscores = take_t(NH * BT * T_);
-    cursor = (char*)(((uintptr_t)cursor + 15) & ~(uintptr_t)15);  // FP32 arrays start 16-byte aligned
-    a.ln1_mean = take_f(L * BT);
-    a.ln1_rstd = take_f(L * BT);
-    a.ln2_mean = take_f(L * BT);
-    a.ln2_rstd = take_f(L * BT);
-    a.lnf_mean = take_f(BT);
-    a.lnf_rstd = take_f(BT);
-    a.losses = take_f(BT);
-    a.reduce = take_f(CEIL_DIV(BT, 256) * 4 * C + NORM_BLOCKS);
-    a.attention.scores = take_f(NH * BT * T_);
+    size_t BT = (size_t)B * T_;
+    cudaCheck(cudaMalloc(&model->acts_memory, point_activations(&model->acts, nullptr, cfg, B, T_)));
+    point_activations(&model->acts, (char*)model->acts_memory, cfg, B, T_);
     cudaCheck(cudaMalloc(&model->inputs, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->targets, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->buckets, (3 * BT + 1) * sizeof(int)));  // <= BT buckets: tokens, starts, positions
@@ -914,10 +916,13 @@ static bool parse_float(const char* s, float* out) {
     return true;
 }
 
-static void die(const char* format, const char* a, const char* b = "") {
+__attribute__((format(printf, 1, 2))) static void die(const char* format, ...) {
+    va_list args;
+    va_start(args, format);
     fprintf(stderr, "error: ");
-    fprintf(stderr, format, a, b);
+    vfprintf(stderr, format, args);
     fprintf(stderr, " (see ./train_int4 -h)\n");
+    va_end(args);
     exit(EXIT_FAILURE);
 }
 
@@ -934,18 +939,10 @@ static TrainArgs parse_args(int argc, char** argv) {
         float f = 0.0f;
         char c = flag[1];
         auto need_int = [&](long lo, long hi) {
-            if (!parse_long(value, &n) || n < lo || n > hi) {
-                char range[64];
-                snprintf(range, sizeof range, "an integer in [%ld, %ld]", lo, hi);
-                fprintf(stderr, "error: %s expects %s, got '%s' (see ./train_int4 -h)\n", flag, range, value);
-                exit(EXIT_FAILURE);
-            }
+            if (!parse_long(value, &n) || n < lo || n > hi) die("%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, value);
         };
         auto need_float = [&](float lo, float hi) {
-            if (!parse_float(value, &f) || f < lo || f > hi) {
-                fprintf(stderr, "error: %s expects a number in [%g, %g], got '%s' (see ./train_int4 -h)\n", flag, lo, hi, value);
-                exit(EXIT_FAILURE);
-            }
+            if (!parse_float(value, &f) || f < lo || f > hi) die("%s expects a number in [%g, %g], got '%s'", flag, lo, hi, value);
         };
         switch (c) {
             case 'i': a.train_pattern = value; break;
@@ -998,21 +995,20 @@ static TrainArgs parse_args(int argc, char** argv) {
             default: die("unknown flag '%s'", flag);
         }
     }
-    if (a.learning_rate <= 0.0f) die("-l must be positive%s", "");
+    if (a.learning_rate <= 0.0f) die("-l must be positive");
     if (a.total_batch != -1 && (a.total_batch <= 0 || a.total_batch % ((long)a.B * a.T) != 0)) {
-        char buf[64];
-        snprintf(buf, sizeof buf, "%ld", a.total_batch);
-        die("-d %s is not a positive multiple of B*T", buf);
+        die("-d %ld is not a positive multiple of B*T", a.total_batch);
     }
-    if (a.resume && !a.output_dir) die("-y 1 needs -o (the folder with the state files)%s", "");
-    if (a.qstats_every > 0 && (a.precision != PRECISION_INT4 || !a.output_dir)) die("-qstats needs -p int4 and -o%s", "");
+    if (a.resume && !a.output_dir) die("-y 1 needs -o (the folder with the state files)");
+    if (a.qstats_every > 0 && (a.precision != PRECISION_INT4 || !a.output_dir)) die("-qstats needs -p int4 and -o");
     if (a.task_train && !a.bert) die("-f %s: fine-tuning a classifier needs -m bert", a.task_train);
     if (a.task_val && !a.task_train) die("-F %s needs -f (the training examples)", a.task_val);
-    if (a.bert && a.T < 3) die("-m bert needs -t >= 3 ([CLS], a token, [SEP])%s", "");
+    if (a.bert && a.T < 3) die("-m bert needs -t >= 3 ([CLS], a token, [SEP])");
+    if (a.bert && a.vocab != 256) die("-V %d: BERT's vocabulary is fixed (bytes + [CLS] [SEP] [MASK] [PAD])", a.vocab);
 #ifndef MULTI_GPU
-    if (a.ranks > 1) die("-N: this train_int4 was built without NCCL (NO_MULTI_GPU=1), so it runs on one GPU only%s", "");
+    if (a.ranks > 1) die("-N: this train_int4 was built without NCCL (NO_MULTI_GPU=1), so it runs on one GPU only");
 #endif
-    if (a.ranks > 1 && !a.output_dir) die("-N needs -o (the ranks meet through a file there; checkpoints go there)%s", "");
+    if (a.ranks > 1 && !a.output_dir) die("-N needs -o (the ranks meet through a file there; checkpoints go there)");
     return a;
 }
 
@@ -1101,7 +1097,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         fprintf(stderr, "error: -t %d exceeds the model's maximum sequence length %d\n", args.T, cfg.max_seq_len);
         return EXIT_FAILURE;
     }
-    if (args.vocab != 256 && cfg.vocab_size != args.vocab) {  // -V given, and a model file that disagrees
+    if (from_file && args.vocab != 256 && cfg.vocab_size != args.vocab) {  // -V given, and a model file that disagrees
         fprintf(stderr, "error: -V %d differs from the model file's vocabulary %d\n", args.vocab, cfg.vocab_size);
         return EXIT_FAILURE;
     }
@@ -1191,8 +1187,10 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     cudaCheck(cudaSetDevice(mg->rank % device_count));
     cudaDeviceProp props;
     cudaCheck(cudaGetDeviceProperties(&props, mg->rank % device_count));
+    ActivationTensors<T> scratch_acts;  // only sized here
     size_t need = n_params * (4 * 4 + (std::is_same<T, float>::value ? 0 : sizeof(T))) +
-                  activation_bytes(cfg, args.B, args.T, sizeof(T)) + CUBLASLT_WORKSPACE_SIZE + (64 << 20);
+                  point_activations<T>(&scratch_acts, nullptr, cfg, args.B, args.T) + CUBLASLT_WORKSPACE_SIZE + (64 << 20) +
+                  (quant.enabled ? quant_scratch_bytes((long)args.B * args.T, 4 * cfg.channels) : 0);
     size_t free_bytes, total_bytes;
     cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
     if (need > free_bytes) {
@@ -1350,7 +1348,9 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         }
         float lr = learning_rate_at(step, args.warmup, args.max_steps, args.learning_rate, args.final_lr_fraction);
         float norm = gpt_grad_norm(&model);
+        bool apply = true;  // a skipped update still ends the step (and honours a stop request)
         if (!isfinite(norm) || !isfinite(loss)) {  // never apply a NaN/Inf update: skip it and count
+            apply = false;
             skipped++;
             printf("step %5d/%d | loss %f | norm %f | update skipped (%d in a row, %d in all)\n", step + 1,
                    args.max_steps, loss, norm, skipped - skipped_before_streak, skipped);
@@ -1359,29 +1359,32 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
                         "were never updated with them: the last checkpoint in -o (if any) is good\n", args.max_bad_steps);
                 return EXIT_FAILURE;
             }
-            continue;
+        } else {
+            skipped_before_streak = skipped;
+            double loss_z = loss_spikes.zscore(loss), norm_z = norm_spikes.zscore(norm);
+            if (args.spike_zscore > 0.0f && (loss_z > args.spike_zscore || norm_z > args.spike_zscore)) {
+                apply = false;
+                spikes++;
+                printf("step %5d/%d | loss %f | norm %f | update skipped: spike (loss z-score %.1f, grad norm z-score "
+                       "%.1f, limit %.1f; %d spikes in all)\n", step + 1, args.max_steps, loss, norm, loss_z, norm_z,
+                       args.spike_zscore, spikes);
+            } else {
+                loss_spikes.add(loss);
+                norm_spikes.add(norm);
+            }
         }
-        skipped_before_streak = skipped;
-        double loss_z = loss_spikes.zscore(loss), norm_z = norm_spikes.zscore(norm);
-        if (args.spike_zscore > 0.0f && (loss_z > args.spike_zscore || norm_z > args.spike_zscore)) {
-            spikes++;
-            printf("step %5d/%d | loss %f | norm %f | update skipped: spike (loss z-score %.1f, grad norm z-score %.1f, "
-                   "limit %.1f; %d spikes in all)\n", step + 1, args.max_steps, loss, norm, loss_z, norm_z,
-                   args.spike_zscore, spikes);
-            continue;
+        if (apply) {
+            gpt_update(&model, opt, lr, step + 1);
+            cudaCheck(cudaStreamSynchronize(model.stream));
+            double dt = seconds_now() - t0;
+            double tokens_per_second = total_batch / dt;
+            double elapsed = seconds_now() - loop_start;
+            double eta = elapsed / (step - first_step + 1) * (args.max_steps - step - 1);
+            printf("step %5d/%d | loss %.6f | norm %6.3f | lr %.2e | %7.1f ms | %9.0f tok/s | MFU %5.1f%% | ETA %4.0f s\n",
+                   step + 1, args.max_steps, loss, norm, lr, dt * 1e3, tokens_per_second,
+                   100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
+            if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
         }
-        loss_spikes.add(loss);
-        norm_spikes.add(norm);
-        gpt_update(&model, opt, lr, step + 1);
-        cudaCheck(cudaStreamSynchronize(model.stream));
-        double dt = seconds_now() - t0;
-        double tokens_per_second = total_batch / dt;
-        double elapsed = seconds_now() - loop_start;
-        double eta = elapsed / (step - first_step + 1) * (args.max_steps - step - 1);
-        printf("step %5d/%d | loss %.6f | norm %6.3f | lr %.2e | %7.1f ms | %9.0f tok/s | MFU %5.1f%% | ETA %4.0f s\n",
-               step + 1, args.max_steps, loss, norm, lr, dt * 1e3, tokens_per_second,
-               100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
-        if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
         if (stop) {
             printf("stop requested (signal): ");
             if (!out_dir.empty() && writer) {

@@ -242,32 +242,49 @@ struct QuantScratch {
 #define QUANT_THREADS 128
 #define FINISH_MAX_BLOCKS 1024  // the backward finish's fixed grid, and its step-gradient partials
 
+// the scratch buffers for N rows and dimensions up to max_dim: where each pointer lives and its size in bytes
+#define QUANT_SCRATCH_BUFFERS 16
+inline void quant_scratch_layout(QuantScratch* s, long N, int max_dim, void** where[QUANT_SCRATCH_BUFFERS],
+                                 size_t bytes[QUANT_SCRATCH_BUFFERS]) {
+    size_t n = (size_t)N, n_padded = CEIL_DIV(n, 16) * 16, dim = (size_t)max_dim;
+    size_t big = std::max(n, dim) * dim;
+    void** pointers[QUANT_SCRATCH_BUFFERS] = {
+        (void**)&s->codes_x, (void**)&s->codes_w, (void**)&s->codes_w_t, (void**)&s->operand, (void**)&s->operand_t,
+        (void**)&s->codes_x_t, (void**)&s->acc, (void**)&s->row_scale, (void**)&s->row_coef, (void**)&s->scores,
+        (void**)&s->kept_probs, (void**)&s->kept_rows, (void**)&s->step_partials, (void**)&s->absmax_bits,
+        (void**)&s->n_kept, (void**)&s->tensor_coef};
+    size_t sizes[QUANT_SCRATCH_BUFFERS] = {
+        big, dim * dim, dim * dim, big, n_padded * dim, n_padded * dim, big * sizeof(int32_t), n * sizeof(float),
+        n * sizeof(float), n * sizeof(float), n * sizeof(float), n * sizeof(int), FINISH_MAX_BLOCKS * sizeof(float),
+        sizeof(unsigned int), sizeof(int), sizeof(float)};
+    for (int i = 0; i < QUANT_SCRATCH_BUFFERS; i++) {
+        where[i] = pointers[i];
+        bytes[i] = sizes[i];
+    }
+}
+
+// GPU memory quant_scratch_alloc takes (train_int4's memory check counts it)
+inline size_t quant_scratch_bytes(long N, int max_dim) {
+    QuantScratch s;
+    void** where[QUANT_SCRATCH_BUFFERS];
+    size_t bytes[QUANT_SCRATCH_BUFFERS], total = 0;
+    quant_scratch_layout(&s, N, max_dim, where, bytes);
+    for (size_t b : bytes) total += b;
+    return total;
+}
+
 inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
-    long n_padded = CEIL_DIV(N, 16) * 16;
-    long big = std::max(N, (long)max_dim) * max_dim;
-    cudaCheck(cudaMalloc(&s->codes_x, big));
-    cudaCheck(cudaMalloc(&s->codes_w, (long)max_dim * max_dim));
-    cudaCheck(cudaMalloc(&s->codes_w_t, (long)max_dim * max_dim));
-    cudaCheck(cudaMalloc(&s->operand, big));
-    cudaCheck(cudaMalloc(&s->operand_t, n_padded * max_dim));
-    cudaCheck(cudaMalloc(&s->codes_x_t, n_padded * max_dim));
-    cudaCheck(cudaMalloc(&s->acc, big * sizeof(int32_t)));
-    cudaCheck(cudaMalloc(&s->row_scale, N * sizeof(float)));
-    cudaCheck(cudaMalloc(&s->row_coef, N * sizeof(float)));
-    cudaCheck(cudaMalloc(&s->scores, N * sizeof(float)));
-    cudaCheck(cudaMalloc(&s->kept_probs, N * sizeof(float)));
-    cudaCheck(cudaMalloc(&s->kept_rows, N * sizeof(int)));
-    cudaCheck(cudaMalloc(&s->step_partials, FINISH_MAX_BLOCKS * sizeof(float)));
-    cudaCheck(cudaMalloc(&s->absmax_bits, sizeof(unsigned int)));
-    cudaCheck(cudaMalloc(&s->n_kept, sizeof(int)));
-    cudaCheck(cudaMalloc(&s->tensor_coef, sizeof(float)));
+    void** where[QUANT_SCRATCH_BUFFERS];
+    size_t bytes[QUANT_SCRATCH_BUFFERS];
+    quant_scratch_layout(s, N, max_dim, where, bytes);
+    for (int i = 0; i < QUANT_SCRATCH_BUFFERS; i++) cudaCheck(cudaMalloc(where[i], bytes[i]));
 }
 
 inline void quant_scratch_free(QuantScratch* s) {
-    void* buffers[] = {s->codes_x, s->codes_w, s->codes_w_t, s->operand, s->operand_t, s->codes_x_t, s->acc,
-                       s->row_scale, s->row_coef, s->scores, s->kept_probs, s->kept_rows, s->step_partials, s->absmax_bits,
-                       s->n_kept, s->tensor_coef};
-    for (void* p : buffers) cudaCheck(cudaFree(p));
+    void** where[QUANT_SCRATCH_BUFFERS];
+    size_t bytes[QUANT_SCRATCH_BUFFERS];
+    quant_scratch_layout(s, 1, 1, where, bytes);
+    for (void** p : where) cudaCheck(cudaFree(*p));
 }
 
 // thread blocks for a warp per 32·max(1, g/32) values of a rows x K tensor

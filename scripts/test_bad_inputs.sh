@@ -116,6 +116,7 @@ expect_error "flag -m neither model nor number" "-m expects gpt, bert or a numbe
 expect_error "flag -f without -m bert" "-f $tmp/task_ab.tsv: fine-tuning a classifier needs -m bert" ./train_int4 -f "$tmp/task_ab.tsv"
 expect_error "flag -F without -f" "-F $tmp/task_ab.tsv needs -f" ./train_int4 -m bert -F "$tmp/task_ab.tsv"
 expect_error "flag BERT sequence too short" "-m bert needs -t >= 3" ./train_int4 -m bert -t 2
+expect_error "flag -V with -m bert" "-V 300: BERT's vocabulary is fixed" ./train_int4 -m bert -V 300
 expect_error "task file missing" "nope.tsv: cannot open classification file" ./train_int4 -m bert -f "$tmp/nope.tsv"
 expect_error "task file without tab" "task_notab.tsv:1: expected label<TAB>text" ./train_int4 -m bert -f "$tmp/task_notab.tsv"
 expect_error "task held-out label unknown" "has label 'c', which the training file does not have" ./train_int4 -m bert -f "$tmp/task_ab.tsv" -F "$tmp/task_ac.tsv"
