@@ -429,7 +429,7 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     model.seed = (uint32_t)dump.header[11];
     if (int4) {
         cudaCheck(cudaMemcpy(model.lsq_steps, steps_ref->as<float>(), cfg.num_layers * 8 * sizeof(float), cudaMemcpyHostToDevice));
-        model.steps_initialised = true;
+        model.lsq_steps_initialised = true;
     }
     gpt_upload_batch(&model, inputs->as<int>(), targets->as<int>());
     gpt_zero_grad(&model);
@@ -443,10 +443,10 @@ template <typename T> static void test_model_vs_dump(const ReferenceDump& dump, 
     snprintf(name, sizeof name, "%s loss", mode_name);
     check(fabsf(loss - loss_ref->as<float>()[0]) <= tol_loss, name, "%.6f vs %.6f", loss, loss_ref->as<float>()[0]);
     gpt_backward(&model);
-    std::vector<float> grads(model.num_parameters + model.num_steps);
+    std::vector<float> grads(model.num_parameters + model.num_lsq_steps);
     cudaCheck(cudaMemcpy(grads.data(), model.grads_memory, grads.size() * sizeof(float), cudaMemcpyDeviceToHost));
     if (int4) {
-        float gd = max_diff_scaled(grads.data() + model.num_parameters, step_grads_ref->as<float>(), model.num_steps);
+        float gd = max_diff_scaled(grads.data() + model.num_parameters, step_grads_ref->as<float>(), model.num_lsq_steps);
         snprintf(name, sizeof name, "%s grad lsq_steps", mode_name);
         check(gd <= tol_grad, name, "max diff %.2e of the largest step gradient (tolerance %.0e)", gd, tol_grad);
     }

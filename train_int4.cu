@@ -9,9 +9,10 @@ train_gpt2.cu, in FP32, BF16 or INT4 — the last with every linear layer in the
                                                # fine-tune a classifier on [CLS]: which speaker says a passage
     ./train_int4 -h                            # every flag
 
-Reading order: config -> parameters -> activations -> forward -> backward -> optimizer -> data ->
-checkpoints -> sampling -> main. Kernels live in kernels/, one header per concern. The precision is a
-template parameter (float or __nv_bfloat16) chosen once in main from -p.
+Reading order: config -> parameters -> activations -> model -> forward -> backward -> optimizer -> batches ->
+checkpoints -> sampling -> command line -> training (and main). Kernels live in kernels/, one header per
+concern. The compute type is a template parameter chosen once in main from -p: float for fp32,
+__nv_bfloat16 for bf16 and int4 (int4 = bf16 with the blocks' linear layers quantized: linear_forward).
 */
 #include <ctype.h>
 #include <signal.h>
@@ -117,13 +118,13 @@ template <typename T> struct ActivationTensors {
     T* lnf;            // (B, T, C)
     float* lnf_mean;   // (B, T)
     float* lnf_rstd;   // (B, T)
-    T* logits;         // (B, T, Vp); holds dlogits after the loss
+    T* logits;         // (B, T, Vp), or (B, num_classes) for the classifier; holds dlogits after the loss
     float* losses;     // (B, T)
     // scratch
     T* btc;            // (B, T, C): branch outputs in the forward, branch input gradients in the backward
     T* dresidual;      // (B, T, C): the residual-stream gradient
     T* bt4c;           // (B, T, 4C): MLP hidden gradient
-    T* bt3c;           // (B, T, 3C): qkv gradient
+    T* bt3c;           // (B, T, 3C): qkv gradient (first the attention branch's dropout gradient)
     float* reduce;     // partial sums of bias/layernorm/norm reductions
     AttentionScratch<T> attention;
 };
@@ -158,15 +159,16 @@ template <typename T> struct GPT {
     int hadamard_block;
     float keep_ratio;
     std::vector<char> layer_in_bf16;  // per layer: 1 = this block's linears stay in BF16
-    size_t num_steps;                 // L * 8 in INT4 mode, else 0
+    size_t num_lsq_steps;             // LSQ step sizes: L * 8 in INT4 mode, else 0
     float* lsq_steps;                 // master_memory + num_parameters
     float* lsq_grads;                 // grads_memory + num_parameters
-    bool steps_initialised;
-    QuantScratch quant;
+    bool lsq_steps_initialised;       // from the first forward, or from a state file
+    QuantScratch quant_scratch;
     float* lss_stats;                 // (L*4, 2) device: per linear, the last backward's LSS kept fraction, variance proxy
     double* qstats_scratch;
     float dropout;                    // residual-branch dropout of the last forward (0 in evaluation)
-    uint32_t seed, micro_step;        // dropout masks: streams (micro_step, layer*4 + branch, RNG_USE_DATA)
+    uint32_t seed, micro_step;        // key every draw of a micro-step: dropout masks (micro_step, layer*4 + branch,
+                                      // RNG_USE_DATA), INT4 stochastic rounding and LSS (kernels/quant_linear.h)
     TokenBuckets host_buckets;
     cudaStream_t stream;
 };
@@ -255,8 +257,8 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     model->keep_ratio = quant.keep_ratio;
     model->layer_in_bf16 = quant.layer_in_bf16;
     model->layer_in_bf16.resize(cfg.num_layers, 0);
-    model->num_steps = quant.enabled ? (size_t)cfg.num_layers * 8 : 0;
-    model->steps_initialised = false;
+    model->num_lsq_steps = quant.enabled ? (size_t)cfg.num_layers * 8 : 0;
+    model->lsq_steps_initialised = false;
     model->B = B;
     model->T_ = T_;
     model->dropout = 0.0f;
@@ -266,7 +268,7 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     size_t n = 0;
     for (size_t s : model->parameter_sizes) n += s;
     model->num_parameters = n;
-    size_t total = n + model->num_steps;
+    size_t total = n + model->num_lsq_steps;
     cudaCheck(cudaStreamCreate(&model->stream));
     cudaCheck(cudaMalloc(&model->master_memory, total * sizeof(float)));
     cudaCheck(cudaMalloc(&model->grads_memory, total * sizeof(float)));
@@ -299,14 +301,14 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     cudaCheck(cudaMalloc(&model->buckets, (3 * BT + 1) * sizeof(int)));  // <= BT buckets: tokens, starts, positions
     cudaCheck(cudaMalloc(&model->norm, sizeof(float)));
     cudaCheck(cudaMalloc(&model->qstats_scratch, 4 * sizeof(double)));
-    if (model->int4) quant_scratch_alloc(&model->quant, BT, 4 * cfg.channels);
+    if (model->int4) quant_scratch_alloc(&model->quant_scratch, BT, 4 * cfg.channels);
     cudaCheck(cudaMalloc(&model->lss_stats, (size_t)cfg.num_layers * 8 * sizeof(float)));
     cudaCheck(cudaMemset(model->lss_stats, 0, (size_t)cfg.num_layers * 8 * sizeof(float)));
 }
 
 template <typename T> void gpt_free(GPT<T>* model) {
     if ((void*)model->params_memory != (void*)model->master_memory) cudaCheck(cudaFree(model->params_memory));
-    if (model->int4) quant_scratch_free(&model->quant);
+    if (model->int4) quant_scratch_free(&model->quant_scratch);
     void* buffers[] = {model->master_memory, model->grads_memory, model->m_memory, model->v_memory,
                        model->acts_memory, model->inputs, model->targets, model->buckets, model->norm,
                        model->qstats_scratch, model->lss_stats};
@@ -366,13 +368,13 @@ void linear_forward(GPT<T>* model, int layer, int which, T* out, const T* inp, c
         return;
     }
     float* step_x = model->lsq_steps + layer * 8 + which * 2;
-    if (!model->steps_initialised) {  // LSQ init at the first forward: 2·mean|v·H|/√7 for the input and the weight
+    if (!model->lsq_steps_initialised) {  // LSQ init at the first forward: 2·mean|v·H|/√7 for the input and the weight
         int g = model->hadamard_block;
         float init[2] = {quant_error(inp, N, K, g, 0.0f, model->qstats_scratch, model->stream).step,
                          quant_error(w, M, K, g, 0.0f, model->qstats_scratch, model->stream).step};
         cudaCheck(cudaMemcpy(step_x, init, sizeof init, cudaMemcpyHostToDevice));
     }
-    quant_linear_forward(out, inp, w, b, N, K, M, model->hadamard_block, step_x, step_x + 1, model->quant, model->stream);
+    quant_linear_forward(out, inp, w, b, N, K, M, model->hadamard_block, step_x, step_x + 1, model->quant_scratch, model->stream);
 }
 
 template <typename T>
@@ -387,49 +389,7 @@ void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, fl
     quant_linear_backward(dinp, dw, db, model->lsq_grads + offset, model->lsq_grads + offset + 1, dout, inp, w, N, K,
                           M, model->hadamard_block, model->lsq_steps + offset, model->lsq_steps + offset + 1,
                           model->keep_ratio, model->seed, model->micro_step, (uint32_t)(layer * 4 + which),
-                          model->lss_stats + (layer * 4 + which) * 2, model->quant, model->acts.reduce, model->stream);
-}
-
-// -qstats telemetry, per quantized linear, from the last micro-batch's activations and the current weights:
-// relative quantization error ‖Q(vH)Hᵀ − v‖/‖v‖ at the learned step, the same without the Hadamard transform
-// (at an LSQ initial step), the outlier ratio max|ṽ|/|s|, the steps, and the last backward's LSS kept
-// fraction and variance proxy. One line per linear to `out` (qstats.log); synchronises (every N steps only).
-template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
-    const int N = model->B * model->T_, C = model->config.channels, g = model->hadamard_block;
-    static const char* names[4] = {"qkv", "attproj", "fc", "fcproj"};
-    std::vector<float> steps(model->num_steps), lss((size_t)model->config.num_layers * 8);
-    cudaCheck(cudaMemcpy(steps.data(), model->lsq_steps, steps.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(lss.data(), model->lss_stats, lss.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    double mean_x_had = 0.0, mean_x_plain = 0.0;
-    int count = 0;
-    for (int l = 0; l < model->config.num_layers; l++) {
-        if (!linear_is_quantized(model, l)) continue;
-        LayerActivations<T> la = layer_activations(model, l);
-        ParameterTensors<T>& p = model->params;
-        const T* inputs[4] = {la.ln1, la.atty, la.ln2, la.fch_gelu};
-        const T* weights[4] = {p.qkvw + (size_t)l * 3 * C * C, p.attprojw + (size_t)l * C * C,
-                               p.fcw + (size_t)l * 4 * C * C, p.fcprojw + (size_t)l * C * 4 * C};
-        int Ks[4] = {C, C, C, 4 * C}, Ms[4] = {3 * C, C, 4 * C, C};
-        for (int w = 0; w < 4; w++) {
-            float sx = fabsf(steps[l * 8 + w * 2]), sw = fabsf(steps[l * 8 + w * 2 + 1]);
-            QuantError xh = quant_error(inputs[w], N, Ks[w], g, sx, model->qstats_scratch, model->stream);
-            QuantError xp = quant_error(inputs[w], N, Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
-            QuantError wh = quant_error(weights[w], Ms[w], Ks[w], g, sw, model->qstats_scratch, model->stream);
-            QuantError wp = quant_error(weights[w], Ms[w], Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
-            fprintf(out, "s:%d l:%d lin:%s xerr:%.5f xerr_plain:%.5f werr:%.5f werr_plain:%.5f xout:%.3f wout:%.3f "
-                    "sx:%.5g sw:%.5g kept:%.4f varproxy:%.4g\n", step, l, names[w], xh.relative_error, xp.relative_error,
-                    wh.relative_error, wp.relative_error, xh.outlier_ratio, wh.outlier_ratio, sx, sw,
-                    lss[(l * 4 + w) * 2], lss[(l * 4 + w) * 2 + 1]);
-            mean_x_had += xh.relative_error;
-            mean_x_plain += xp.relative_error;
-            count++;
-        }
-    }
-    fflush(out);
-    if (count > 0) {
-        printf("qstats step %d: mean activation quantization error %.4f with Hadamard, %.4f without\n", step,
-               mean_x_had / count, mean_x_plain / count);
-    }
+                          model->lss_stats + (layer * 4 + which) * 2, model->quant_scratch, model->acts.reduce, model->stream);
 }
 
 // dropout of a residual branch's output (branch 1: attention projection, 3: MLP projection); forward and
@@ -466,7 +426,7 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
         residual_forward(residual3, residual2, a.btc, (long)N * C, s);
         nvtxRangePop();
     }
-    model->steps_initialised = true;
+    model->lsq_steps_initialised = true;
     nvtxRangePush("head_forward");
     layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, p.lnfb, N, C, s);
     if (model->task == TASK_CLASSIFY) {  // logits (B, classes) from the [CLS] rows, gathered into btc (B, C)
@@ -487,6 +447,31 @@ template <typename T> void gpt_loss(GPT<T>* model, float grad_scale) {
     int Vp = classify ? model->config.num_classes : model->config.padded_vocab_size;
     crossentropy_forward_backward(model->acts.logits, model->acts.losses, model->targets, gpt_loss_rows(model), V, Vp,
                                   grad_scale, model->stream);
+}
+
+// mean loss over the predicted rows of the last gpt_loss (unpredicted rows hold 0; synchronises)
+template <typename T> float gpt_mean_loss(GPT<T>* model) {
+    size_t rows = gpt_loss_rows(model);
+    std::vector<float> losses(rows);
+    cudaCheck(cudaMemcpyAsync(losses.data(), model->acts.losses, rows * sizeof(float), cudaMemcpyDeviceToHost, model->stream));
+    cudaCheck(cudaStreamSynchronize(model->stream));
+    double sum = 0.0;
+    for (float l : losses) sum += l;
+    return (float)(sum / std::max(model->num_predicted, 1));
+}
+
+// correct argmax predictions among the labelled rows of the last classifier forward (synchronises)
+template <typename T> int gpt_correct_predictions(GPT<T>* model, const int* labels) {
+    int K = model->config.num_classes, correct = 0;
+    std::vector<T> logits((size_t)model->B * K);
+    cudaCheck(cudaMemcpyAsync(logits.data(), model->acts.logits, logits.size() * sizeof(T), cudaMemcpyDeviceToHost, model->stream));
+    cudaCheck(cudaStreamSynchronize(model->stream));
+    for (int b = 0; b < model->B; b++) {
+        int best = 0;
+        for (int k = 1; k < K; k++) best = (float)logits[(size_t)b * K + k] > (float)logits[(size_t)b * K + best] ? k : best;
+        correct += labels[b] >= 0 && best == labels[b];
+    }
+    return correct;
 }
 
 // the loss-gradient scale for a micro-batch of an optimizer step with `accumulation` micro-batches
@@ -554,14 +539,14 @@ struct OptimizerConfig {
 
 // zero the gradients before the first micro-step of an optimizer step
 template <typename T> void gpt_zero_grad(GPT<T>* model) {
-    cudaCheck(cudaMemsetAsync(model->grads_memory, 0, (model->num_parameters + model->num_steps) * sizeof(float),
+    cudaCheck(cudaMemsetAsync(model->grads_memory, 0, (model->num_parameters + model->num_lsq_steps) * sizeof(float),
                               model->stream));
 }
 
 // the global gradient norm (FP32 gradients and LSQ step gradients), left on the device for the update's
 // clipping and returned to the host (synchronises: the caller decides whether the step is safe to apply)
 template <typename T> float gpt_grad_norm(GPT<T>* model) {
-    global_norm(model->norm, model->grads_memory, (long)(model->num_parameters + model->num_steps), model->acts.reduce,
+    global_norm(model->norm, model->grads_memory, (long)(model->num_parameters + model->num_lsq_steps), model->acts.reduce,
                 model->stream);
     float norm;
     cudaCheck(cudaMemcpyAsync(&norm, model->norm, sizeof norm, cudaMemcpyDeviceToHost, model->stream));
@@ -581,9 +566,9 @@ template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt,
                      parameter_is_decayed(i) ? opt.weight_decay : 0.0f, model->norm, opt.grad_clip, model->stream);
         offset += n;
     }
-    if (model->num_steps > 0) {  // LSQ steps: FP32 only, no weight decay, relative updates (kernels/adamw.h)
+    if (model->num_lsq_steps > 0) {  // LSQ steps: FP32 only, no weight decay, relative updates (kernels/adamw.h)
         adamw_update(model->lsq_steps, model->lsq_steps, model->lsq_grads, model->m_memory + offset,
-                     model->v_memory + offset, (long)model->num_steps, lr, opt.beta1, opt.beta2, t, opt.eps, 0.0f,
+                     model->v_memory + offset, (long)model->num_lsq_steps, lr, opt.beta1, opt.beta2, t, opt.eps, 0.0f,
                      model->norm, opt.grad_clip, model->stream, true);
     }
     nvtxRangePop();
@@ -598,21 +583,11 @@ static float learning_rate_at(int step, int warmup, int total, float lr, float f
     return lr * (final_fraction + (1.0f - final_fraction) * cosine);
 }
 
-// mean loss over the predicted rows of the last gpt_loss (unpredicted rows hold 0; synchronises)
-template <typename T> float gpt_mean_loss(GPT<T>* model) {
-    size_t rows = gpt_loss_rows(model);
-    std::vector<float> losses(rows);
-    cudaCheck(cudaMemcpyAsync(losses.data(), model->acts.losses, rows * sizeof(float), cudaMemcpyDeviceToHost, model->stream));
-    cudaCheck(cudaStreamSynchronize(model->stream));
-    double sum = 0.0;
-    for (float l : losses) sum += l;
-    return (float)(sum / std::max(model->num_predicted, 1));
-}
-
 // ----------------------------------------------------------------------------------------------------------
 // batches: token shards for GPT (next token) and BERT (masked LM), a label<TAB>text file for the classifier.
-// Shared-hash streams (micro-step n, slot, RNG_USE_DATA): slot 0 masks / draws training batch n, slot 2 masks
-// validation batch n; dropout uses slots 4l+1 and 4l+3, so no two uses share a counter.
+// Shared-hash streams (micro-step n, slot, RNG_USE_DATA): slot 0 draws the MLM masks and classifier examples of
+// training batch n, slot 2 the masks of validation batch n; dropout uses slots 4l+1 and 4l+3, so no two uses
+// share a counter. GPT/MLM training windows come from the loader's own key (seed ^ 'DATA', kernels/dataloader.h).
 
 struct Batches {
     Task task;
@@ -688,20 +663,6 @@ static bool batches_next_val(Batches* d, int n, int max_batches) {
     return true;
 }
 
-// correct argmax predictions among the labelled rows of the last classifier forward (synchronises)
-template <typename T> int gpt_correct_predictions(GPT<T>* model, const int* labels) {
-    int K = model->config.num_classes, correct = 0;
-    std::vector<T> logits((size_t)model->B * K);
-    cudaCheck(cudaMemcpyAsync(logits.data(), model->acts.logits, logits.size() * sizeof(T), cudaMemcpyDeviceToHost, model->stream));
-    cudaCheck(cudaStreamSynchronize(model->stream));
-    for (int b = 0; b < model->B; b++) {
-        int best = 0;
-        for (int k = 1; k < K; k++) best = (float)logits[(size_t)b * K + k] > (float)logits[(size_t)b * K + best] ? k : best;
-        correct += labels[b] >= 0 && best == labels[b];
-    }
-    return correct;
-}
-
 // ----------------------------------------------------------------------------------------------------------
 // checkpoints: the model in llm.c's format (so its tools read ours and ours read its GPT-2 files) and a
 // state file with everything else needed to resume bit for bit (formats and readers: kernels/model_file.h)
@@ -720,7 +681,7 @@ template <typename T> int model_precision(GPT<T>* model) {
 
 // the model file holds llm.c's 16 tensors (+ the classifier); the state file all FP32 values (with the LSQ steps)
 template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir, const TrainState& st) {
-    size_t n = model->num_parameters, total = n + model->num_steps;
+    size_t n = model->num_parameters, total = n + model->num_lsq_steps;
     std::vector<float> master(total), m(total), v(total);
     cudaCheck(cudaMemcpy(master.data(), model->master_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(m.data(), model->m_memory, total * sizeof(float), cudaMemcpyDeviceToHost));
@@ -773,7 +734,7 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
     long file_size;
     FILE* f = open_checked(path, header, STATE_MAGIC, "state file", &file_size);
     if (!f) return false;
-    size_t n = model->num_parameters + model->num_steps;
+    size_t n = model->num_parameters + model->num_lsq_steps;
     bool ok = false;
     if (state_header_check(header, file_size, model->config, model_precision(model), n, path)) {
         std::vector<float> buffer(n);
@@ -794,7 +755,7 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
         memcpy(&st->position, &header[4], sizeof(long));
         st->seed = (uint32_t)header[6];
         st->precision = header[7];
-        model->steps_initialised = true;  // the LSQ steps came from the file
+        model->lsq_steps_initialised = true;  // the LSQ steps came from the file
     }
     fclose(f);
     return ok;
@@ -809,7 +770,7 @@ template <typename T> void gpt_sample(GPT<T>* model, int length, uint32_t seed, 
     std::vector<int> tokens(BT, '\n');
     std::vector<T> row(cfg.padded_vocab_size);
     std::vector<double> probs(cfg.vocab_size);
-    uint32_t key = rng_key(seed ^ 0x53414d50u, (uint32_t)step);
+    uint32_t key = rng_key(seed ^ 0x53414d50u, (uint32_t)step);  // 'SAMP': a key no training draw uses
     length = std::min(length, model->T_ - 1);
     fprintf(out, "generating:\n---\n");
     for (int t = 1; t <= length; t++) {
@@ -1033,6 +994,49 @@ static bool parse_model_descriptor(const char* s, GPTConfig* cfg, int vocab, int
 // ----------------------------------------------------------------------------------------------------------
 // training
 
+// -qstats telemetry, per quantized linear, from the last micro-batch's activations and the current weights:
+// relative quantization error ‖Q(vH)Hᵀ − v‖/‖v‖ at the learned step, the same without the Hadamard transform
+// (at an LSQ initial step), the outlier ratio max|ṽ|/|s|, the steps, and the last backward's LSS kept
+// fraction and variance proxy. One line per linear to `out` (qstats.log); synchronises (every N steps only).
+template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
+    const int N = model->B * model->T_, C = model->config.channels, g = model->hadamard_block;
+    static const char* names[4] = {"qkv", "attproj", "fc", "fcproj"};
+    std::vector<float> steps(model->num_lsq_steps), lss((size_t)model->config.num_layers * 8);
+    cudaCheck(cudaMemcpy(steps.data(), model->lsq_steps, steps.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(lss.data(), model->lss_stats, lss.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    double mean_x_had = 0.0, mean_x_plain = 0.0;
+    int count = 0;
+    for (int l = 0; l < model->config.num_layers; l++) {
+        if (!linear_is_quantized(model, l)) continue;
+        LayerActivations<T> la = layer_activations(model, l);
+        ParameterTensors<T>& p = model->params;
+        const T* inputs[4] = {la.ln1, la.atty, la.ln2, la.fch_gelu};
+        const T* weights[4] = {p.qkvw + (size_t)l * 3 * C * C, p.attprojw + (size_t)l * C * C,
+                               p.fcw + (size_t)l * 4 * C * C, p.fcprojw + (size_t)l * C * 4 * C};
+        int Ks[4] = {C, C, C, 4 * C}, Ms[4] = {3 * C, C, 4 * C, C};
+        for (int w = 0; w < 4; w++) {
+            float sx = fabsf(steps[l * 8 + w * 2]), sw = fabsf(steps[l * 8 + w * 2 + 1]);
+            QuantError xh = quant_error(inputs[w], N, Ks[w], g, sx, model->qstats_scratch, model->stream);
+            QuantError xp = quant_error(inputs[w], N, Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
+            QuantError wh = quant_error(weights[w], Ms[w], Ks[w], g, sw, model->qstats_scratch, model->stream);
+            QuantError wp = quant_error(weights[w], Ms[w], Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
+            fprintf(out, "s:%d l:%d lin:%s xerr:%.5f xerr_plain:%.5f werr:%.5f werr_plain:%.5f xout:%.3f wout:%.3f "
+                    "sx:%.5g sw:%.5g kept:%.4f varproxy:%.4g\n", step, l, names[w], xh.relative_error, xp.relative_error,
+                    wh.relative_error, wp.relative_error, xh.outlier_ratio, wh.outlier_ratio, sx, sw,
+                    lss[(l * 4 + w) * 2], lss[(l * 4 + w) * 2 + 1]);
+            mean_x_had += xh.relative_error;
+            mean_x_plain += xp.relative_error;
+            count++;
+        }
+    }
+    fflush(out);
+    if (count > 0) {
+        printf("qstats step %d: mean activation quantization error %.4f with Hadamard, %.4f without\n", step,
+               mean_x_had / count, mean_x_plain / count);
+    }
+}
+
+
 // SIGINT / SIGTERM: finish the step in flight, write a checkpoint (with -o), exit 0
 static volatile sig_atomic_t stop_requested = 0;
 static void request_stop(int) { stop_requested = 1; }
@@ -1234,7 +1238,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     // see the batches and RNG draws (dropout, MLM masks, INT4 rounding and LSS, all keyed by g) of one GPU
     // accumulating grad_accum·N micro-batches, micro-batch micro·N + rank there being g here
     int grad_accum = (int)(total_batch / ((long)args.B * args.T * mg->ranks));
-    if (model.num_steps > 0 && !model.steps_initialised) {
+    if (model.num_lsq_steps > 0 && !model.lsq_steps_initialised) {
         // INT4: the LSQ steps start from global micro-batch 0's statistics (one forward, linear_forward) on
         // every rank, so N ranks hold the same steps as one GPU, whatever each rank's first batch is
         long position = data.train_loader.position;
@@ -1334,7 +1338,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         if (mg->ranks > 1) {  // gradients, the loss and any rank's stop request summed over ranks (FP32)
             float sums[2] = {(float)loss, stop ? 1.0f : 0.0f};
             cudaCheck(cudaMemcpyAsync(step_sums, sums, sizeof sums, cudaMemcpyHostToDevice, model.stream));
-            multi_gpu_sum(mg, model.grads_memory, model.num_parameters + model.num_steps, model.stream);
+            multi_gpu_sum(mg, model.grads_memory, model.num_parameters + model.num_lsq_steps, model.stream);
             multi_gpu_sum(mg, step_sums, 2, model.stream);
             cudaCheck(cudaMemcpyAsync(sums, step_sums, sizeof sums, cudaMemcpyDeviceToHost, model.stream));
             cudaCheck(cudaStreamSynchronize(model.stream));

@@ -1,4 +1,4 @@
-// Quantization telemetry (train_int4 -qstats) and the Hadamard block choice (`-q auto`): how well an INT4
+// Quantization telemetry (train_int4 -qstats) and a Hadamard block choice (test_int4 checks it): how well an INT4
 // quantizer with step s represents a tensor, with and without the block Hadamard transform.
 // Sums run in FP32 per thread and FP64 atomics across threads; the host wrapper synchronises (telemetry runs
 // every N steps, outside the timed step).
@@ -80,7 +80,7 @@ QuantError quant_error(const T* v, long rows, int K, int g, float step_abs, doub
     return {step_abs, sums[1] > 0.0 ? (float)sqrt(sums[2] / sums[1]) : 0.0f, ratio};
 }
 
-// `-q auto`: the Hadamard block g ∈ {16, 32, 64, 128} (dividing K) that minimises
+// the Hadamard block g ∈ {16, 32, 64, 128} (dividing K) that minimises
 // ‖Q(XH)Hᵀ − X‖·‖Q(WH)Hᵀ − W‖ with LSQ initial steps, as the official dynamic mode does at the first step
 template <typename TX, typename TW>
 int hadamard_block_auto(const TX* x, long x_rows, const TW* w, long w_rows, int K, double* scratch,
