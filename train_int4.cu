@@ -26,6 +26,8 @@ __nv_bfloat16 for bf16 and int4 (int4 = bf16 with the blocks' linear layers quan
 #include <sys/stat.h>
 #include <time.h>
 #include <string>
+#include <algorithm>
+#include <functional>
 #include <vector>
 
 #include "kernels/common.h"
@@ -410,7 +412,7 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
     cudaStream_t s = model->stream;
     encoder_forward(a.encoded, model->inputs, p.wte, p.wpe, B, T_, C, s);
     for (int l = 0; l < L; l++) {
-        nvtxRangePush("block_forward");
+        NvtxRange range("block_forward");
         auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
         layernorm_forward(ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, residual, p.ln1w + l * C, p.ln1b + l * C, N, C, s);
         linear_forward(model, l, 0, qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, C, 3 * C);
@@ -424,10 +426,9 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
         linear_forward(model, l, 3, a.btc, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, 4 * C, C);
         if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 3);
         residual_forward(residual3, residual2, a.btc, (long)N * C, s);
-        nvtxRangePop();
     }
     model->lsq_steps_initialised = true;
-    nvtxRangePush("head_forward");
+    NvtxRange range("head_forward");
     layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, p.lnfb, N, C, s);
     if (model->task == TASK_CLASSIFY) {  // logits (B, classes) from the [CLS] rows, gathered into btc (B, C)
         cudaCheck(cudaMemcpy2DAsync(a.btc, C * sizeof(T), a.lnf, (size_t)T_ * C * sizeof(T), C * sizeof(T), B,
@@ -436,7 +437,6 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
     } else {
         matmul_forward(a.logits, a.lnf, p.wte, (const T*)nullptr, N, C, cfg.padded_vocab_size, s);
     }
-    nvtxRangePop();
 }
 
 // per-row losses into acts.losses; grad_scale > 0 also turns the logits into dlogits for the backward.
@@ -490,21 +490,23 @@ template <typename T> void gpt_backward(GPT<T>* model) {
     ParameterTensors<float>& g = model->grads;
     ActivationTensors<T>& a = model->acts;
     cudaStream_t s = model->stream;
-    nvtxRangePush("head_backward");
-    if (model->task == TASK_CLASSIFY) {  // d[CLS] rows (B, C) into bt4c, then scattered into a zero dlnf (btc)
-        matmul_backward(a.bt4c, g.clsw, g.clsb, a.logits, a.btc, p.clsw, B, C, cfg.num_classes, a.reduce, s);
-        cudaCheck(cudaMemsetAsync(a.btc, 0, (size_t)N * C * sizeof(T), s));
-        cudaCheck(cudaMemcpy2DAsync(a.btc, (size_t)T_ * C * sizeof(T), a.bt4c, C * sizeof(T), C * sizeof(T), B,
-                                    cudaMemcpyDeviceToDevice, s));
-    } else {
-        matmul_backward(a.btc, g.wte, (float*)nullptr, a.logits, a.lnf, p.wte, N, C, cfg.padded_vocab_size, a.reduce, s);
+    {  // the head's backward, in its own NVTX range
+        NvtxRange range("head_backward");
+        if (model->task == TASK_CLASSIFY) {  // d[CLS] rows (B, C) into bt4c, then scattered into a zero dlnf (btc)
+            matmul_backward(a.bt4c, g.clsw, g.clsb, a.logits, a.btc, p.clsw, B, C, cfg.num_classes, a.reduce, s);
+            cudaCheck(cudaMemsetAsync(a.btc, 0, (size_t)N * C * sizeof(T), s));
+            cudaCheck(cudaMemcpy2DAsync(a.btc, (size_t)T_ * C * sizeof(T), a.bt4c, C * sizeof(T), C * sizeof(T), B,
+                                        cudaMemcpyDeviceToDevice, s));
+        } else {
+            matmul_backward(a.btc, g.wte, (float*)nullptr, a.logits, a.lnf, p.wte, N, C, cfg.padded_vocab_size,
+                            a.reduce, s);
+        }
+        cudaCheck(cudaMemsetAsync(a.dresidual, 0, (size_t)N * C * sizeof(T), s));
+        layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.btc, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, a.lnf_mean,
+                           a.lnf_rstd, N, C, a.reduce, s);
     }
-    cudaCheck(cudaMemsetAsync(a.dresidual, 0, (size_t)N * C * sizeof(T), s));
-    layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.btc, a.residual3 + (size_t)(L - 1) * N * C, p.lnfw, a.lnf_mean,
-                       a.lnf_rstd, N, C, a.reduce, s);
-    nvtxRangePop();
     for (int l = L - 1; l >= 0; l--) {
-        nvtxRangePush("block_backward");
+        NvtxRange range("block_backward");
         auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
         (void)residual3;  // the backward starts from the residual-stream gradient instead
         const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
@@ -525,7 +527,6 @@ template <typename T> void gpt_backward(GPT<T>* model) {
                         p.qkvw + (size_t)l * 3 * C * C, C, 3 * C);
         layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.btc, residual, p.ln1w + l * C,
                            a.ln1_mean + l * N, a.ln1_rstd + l * N, N, C, a.reduce, s);
-        nvtxRangePop();
     }
     encoder_backward(g.wte, g.wpe, a.dresidual, model->host_buckets, model->buckets, B, T_, C, s);
 }
@@ -556,7 +557,7 @@ template <typename T> float gpt_grad_norm(GPT<T>* model) {
 
 // AdamW with the clipping factor from gpt_grad_norm; t: the step number starting at 1 (bias correction)
 template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt, float lr, int t) {
-    nvtxRangePush("adamw");
+    NvtxRange range("adamw");
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = model->parameter_sizes[i];
@@ -571,7 +572,6 @@ template <typename T> void gpt_update(GPT<T>* model, const OptimizerConfig& opt,
                      model->v_memory + offset, (long)model->num_lsq_steps, lr, opt.beta1, opt.beta2, t, opt.eps, 0.0f,
                      model->norm, opt.grad_clip, model->stream, true);
     }
-    nvtxRangePop();
 }
 
 // cosine decay from lr to lr * final_fraction after a linear warmup
@@ -819,6 +819,7 @@ struct TrainArgs {
     const char* task_train = nullptr;  // BERT fine-tuning: label<TAB>text files
     const char* task_val = nullptr;
     int ranks = 1;                     // -N: the built-in launcher's process (GPU) count
+    int profile_steps = 0;             // -P: time every layer op over this many steps (after two warm-up steps)
 };
 
 static void print_usage(void) {
@@ -856,6 +857,7 @@ static void print_usage(void) {
            "  -z <int>    seed (init, sampling)              default 1337\n"
            "  -N <int>    data-parallel ranks, one process per GPU (NCCL; needs -o); under mpirun -np N its\n"
            "              ranks are used instead          default 1\n"
+           "  -P <int>    per-op GPU time over this many steps, after 2 warm-up steps (CUDA events)   default 0\n"
            "  -h          this help\n");
 }
 
@@ -926,6 +928,7 @@ static TrainArgs parse_args(int argc, char** argv) {
                 break;
             case 'f': a.task_train = value; break;
             case 'N': need_int(1, 64); a.ranks = (int)n; break;
+            case 'P': need_int(0, 1000); a.profile_steps = (int)n; break;
             case 'F': a.task_val = value; break;
             case 's': need_int(0, 1 << 30); a.sample_every = (int)n; break;
             case 'g': need_int(1, 1 << 16); a.sample_length = (int)n; break;
@@ -993,6 +996,20 @@ static bool parse_model_descriptor(const char* s, GPTConfig* cfg, int vocab, int
 
 // ----------------------------------------------------------------------------------------------------------
 // training
+
+// -P's table: GPU milliseconds per step of every named range, most expensive first, and its share of the
+// profiled steps' wall time. Ranges nest (a block contains its layers' ops), so shares add up to more than 100%.
+static void print_op_profile(int steps, double seconds) {
+    std::vector<std::pair<double, std::string>> rows;
+    for (auto& [name, total] : op_profile.totals) rows.push_back({total.first / steps, name});
+    std::sort(rows.begin(), rows.end(), std::greater<>());
+    printf("per-op GPU time over %d steps (%.1f ms/step wall):\n%-28s %10s %8s %7s\n", steps, 1e3 * seconds / steps,
+           "range", "ms/step", "calls", "share");
+    for (auto& [ms, name] : rows) {
+        printf("%-28s %10.3f %8.1f %6.1f%%\n", name.c_str(), ms, (double)op_profile.totals[name].second / steps,
+               100.0 * ms / (1e3 * seconds / steps));
+    }
+}
 
 // -qstats telemetry, per quantized linear, from the last micro-batch's activations and the current weights:
 // relative quantization error ‖Q(vH)Hᵀ − v‖/‖v‖ at the learned step, the same without the Hadamard transform
@@ -1285,6 +1302,8 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     double loop_start = seconds_now();
     int first_step = state.step;
     int skipped = 0, skipped_before_streak = 0, spikes = 0;
+    int profiled_steps = 0;  // -P
+    double profiled_seconds = 0.0;
     SpikeDetector loss_spikes, norm_spikes;
     signal(SIGINT, request_stop);
     signal(SIGTERM, request_stop);
@@ -1322,6 +1341,8 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         }
         if (last) break;
         double t0 = seconds_now();
+        // -P: the steps whose ops are timed (not the first two: cuBLASLt heuristics and caches warm up there)
+        op_profile.enabled = step >= first_step + 2 && step < first_step + 2 + args.profile_steps;
         gpt_zero_grad(&model);
         double loss = 0.0;
         for (int micro = 0; micro < grad_accum; micro++) {
@@ -1389,6 +1410,12 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
                    100.0 * flops_per_token * tokens_per_second / peak_bf16_flops, eta);
             if (log) { fprintf(log, "s:%d trl:%f\n", step, loss); fflush(log); }
         }
+        if (op_profile.enabled) {
+            op_profile.enabled = false;
+            op_profile_collect();
+            profiled_steps++;
+            profiled_seconds += seconds_now() - t0;
+        }
         if (stop) {
             printf("stop requested (signal): ");
             if (!out_dir.empty() && writer) {
@@ -1404,6 +1431,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
             break;
         }
     }
+    if (profiled_steps > 0) print_op_profile(profiled_steps, profiled_seconds);
     size_t free_now, total_now;
     cudaCheck(cudaMemGetInfo(&free_now, &total_now));
     printf("GPU memory in use: %.2f GiB\n", (total_now - free_now) / 1073741824.0);

@@ -26,11 +26,60 @@ inline void cuda_check(cudaError_t error, const char* file, int line) {
 
 #ifdef __CUDACC__
 #include <nvtx3/nvToolsExt.h>
+#include <map>
+#include <string>
+#include <vector>
+// train_int4 -P: every NVTX range below also timed with two CUDA events on the legacy default stream, which
+// waits for and holds back every blocking stream, so the events bracket exactly the range's kernels
+struct OpTiming {
+    const char* name;
+    cudaEvent_t start, stop;
+};
+struct OpProfile {
+    bool enabled = false;
+    std::vector<OpTiming> ranges;                           // the current step's, in launch order
+    std::map<std::string, std::pair<double, long>> totals;  // name -> (milliseconds, calls) over collected steps
+};
+inline OpProfile op_profile;
+
+inline int op_profile_begin(const char* name) {
+    if (!op_profile.enabled) return -1;
+    OpTiming t = {name, nullptr, nullptr};
+    cudaCheck(cudaEventCreate(&t.start));
+    cudaCheck(cudaEventCreate(&t.stop));
+    cudaCheck(cudaEventRecord(t.start, 0));
+    op_profile.ranges.push_back(t);
+    return (int)op_profile.ranges.size() - 1;
+}
+
+inline void op_profile_end(int index) {
+    if (index >= 0) cudaCheck(cudaEventRecord(op_profile.ranges[index].stop, 0));
+}
+
+// adds the current step's range times to the totals (synchronises)
+inline void op_profile_collect() {
+    cudaCheck(cudaDeviceSynchronize());
+    for (OpTiming& t : op_profile.ranges) {
+        float ms = 0.0f;
+        cudaCheck(cudaEventElapsedTime(&ms, t.start, t.stop));
+        std::pair<double, long>& total = op_profile.totals[t.name];
+        total.first += ms;
+        total.second++;
+        cudaCheck(cudaEventDestroy(t.start));
+        cudaCheck(cudaEventDestroy(t.stop));
+    }
+    op_profile.ranges.clear();
+}
+
 // an NVTX range over the enclosing scope: every layer's launcher opens one named after itself, so a profile
 // (nsys) shows each layer's forward and backward; train_int4.cu adds one per block around them
 struct NvtxRange {
-    explicit NvtxRange(const char* name) { nvtxRangePush(name); }
-    ~NvtxRange() { nvtxRangePop(); }
+    int timing;  // index into op_profile.ranges, -1 when not timing
+    explicit NvtxRange(const char* name) : timing(op_profile_begin(name)) { nvtxRangePush(name); }
+    ~NvtxRange() {
+        nvtxRangePop();
+        op_profile_end(timing);
+    }
 };
 #define NVTX_RANGE_FN() NvtxRange nvtx_range(__func__)
 #endif

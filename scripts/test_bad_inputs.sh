@@ -56,6 +56,7 @@ expect_error "flag qstats without int4" "-qstats needs -p int4 and -o" ./train_i
 expect_error "flag negative spike limit" "-S expects a number in \[0, 1e+06\], got '-1'" ./train_int4 -S -1
 expect_error "flag -N without -o" "-N needs -o" ./train_int4 -N 2
 expect_error "flag -N out of range" "-N expects an integer in \[1, 64\], got '0'" ./train_int4 -N 0
+expect_error "flag -P out of range" "-P expects an integer in \[0, 1000\], got '-1'" ./train_int4 -P -1
 expect_error "flag -N in a build without NCCL" "built without NCCL (NO_MULTI_GPU=1)" ./train_int4_single_gpu -N 2 -o "$tmp/mg"
 expect_error "flag resume without -o" "-y 1 needs -o" ./train_int4 -y 1
 
