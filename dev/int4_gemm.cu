@@ -518,20 +518,9 @@ static CublasLtGemm make_cublaslt_gemm(cudaDataType_t in_type, cudaDataType_t ou
     cublasCheck(cublasLtMatrixLayoutCreate(&g.layout_b, in_type, K, M, K));
     cublasCheck(cublasLtMatrixLayoutCreate(&g.layout_a, in_type, K, N, K));
     cublasCheck(cublasLtMatrixLayoutCreate(&g.layout_out, out_type, M, N, M));
-    cublasLtMatmulPreference_t preference;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                     &CUBLASLT_WORKSPACE_SIZE, sizeof CUBLASLT_WORKSPACE_SIZE));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, g.desc, g.layout_b, g.layout_a, g.layout_out,
-                                               g.layout_out, preference, 1, &heuristic, &found));
-    if (found == 0) {
-        fprintf(stderr, "int4_gemm: cuBLASLt has no algorithm for the %d x %d x %d baseline\n", N, M, K);
-        exit(EXIT_FAILURE);
-    }
-    g.algo = heuristic.algo;
-    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
+    char what[64];
+    snprintf(what, sizeof what, "the int4_gemm baseline %d x %d x %d", N, M, K);
+    g.algo = cublaslt_algorithm(g.desc, g.layout_b, g.layout_a, g.layout_out, what);
     return g;
 }
 

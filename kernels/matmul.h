@@ -30,10 +30,11 @@ inline void matmul_teardown() {
     cublasCheck(cublasLtDestroy(cublaslt_handle));
 }
 
-// runs D = alpha·op(A)·op(B) + beta·D with the heuristic's first algorithm, then destroys desc and layouts
-inline void cublaslt_run(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layout_a, cublasLtMatrixLayout_t layout_b,
-                         cublasLtMatrixLayout_t layout_d, const void* alpha, const void* a, const void* b,
-                         const void* beta, void* d, cudaStream_t stream) {
+// cuBLASLt's first heuristic algorithm for D = op(A)·op(B) with these layouts (D in place of C), within our
+// workspace; a one-line error naming `what` and exit if there is none
+inline cublasLtMatmulAlgo_t cublaslt_algorithm(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layout_a,
+                                               cublasLtMatrixLayout_t layout_b, cublasLtMatrixLayout_t layout_d,
+                                               const char* what) {
     cublasLtMatmulPreference_t preference;
     cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -42,13 +43,22 @@ inline void cublaslt_run(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layou
     int found = 0;
     cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, desc, layout_a, layout_b, layout_d, layout_d,
                                                preference, 1, &heuristic, &found));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
     if (found == 0) {
-        fprintf(stderr, "cuBLASLt: no algorithm for this shape and type (integer products need dimensions that are multiples of 4)\n");
+        fprintf(stderr, "cuBLASLt: no algorithm for %s\n", what);
         exit(EXIT_FAILURE);
     }
+    return heuristic.algo;
+}
+
+// runs D = alpha·op(A)·op(B) + beta·D with the heuristic's first algorithm, then destroys desc and layouts
+inline void cublaslt_run(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layout_a, cublasLtMatrixLayout_t layout_b,
+                         cublasLtMatrixLayout_t layout_d, const void* alpha, const void* a, const void* b,
+                         const void* beta, void* d, cudaStream_t stream) {
+    cublasLtMatmulAlgo_t algo = cublaslt_algorithm(desc, layout_a, layout_b, layout_d,
+                                                   "this shape and type (integer products need dimensions that are multiples of 4)");
     cublasCheck(cublasLtMatmul(cublaslt_handle, desc, alpha, a, layout_a, b, layout_b, beta, d, layout_d, d, layout_d,
-                               &heuristic.algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, stream));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
+                               &algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, stream));
     cublasCheck(cublasLtMatrixLayoutDestroy(layout_a));
     cublasCheck(cublasLtMatrixLayoutDestroy(layout_b));
     cublasCheck(cublasLtMatrixLayoutDestroy(layout_d));
