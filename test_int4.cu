@@ -113,6 +113,15 @@ static void test_rng_device(const ReferenceDump& dump, bool have_gpu) {
     check(bad == 0, "rng device == pytorch", "%u values, %zu mismatches", n, bad);
 }
 
+// the bit split's carry (kernels/int4_math.h): x = 7 with the largest uniform, 1 - 2^-24, makes floor(7 + u) = 8
+// in FP32; the halves must stay INT4 (high 1, low -6) with the operand unchanged (8), as reference.py splits it
+static void test_bitsplit_carry_host() {
+    int high = 0, low = 0;
+    int operand = bitsplit_value(7.0f, 1.0f, 1.0f - 0x1p-24f, &high, &low);
+    check(operand == 8 && high == 1 && low == -6, "bit split carry at low = 8 (host)",
+          "x = 7, u = 1-2^-24: operand %d, high %d, low %d (expected 8, 1, -6)", operand, high, low);
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // layer 0's quantizer intermediates (the QKV linear at micro-step 0), recomputed on the host from the dump's
 // inputs with kernels/int4_reference.h: integer outputs must be identical, floats bit-identical where the
@@ -697,6 +706,7 @@ int main(int argc, char** argv) {
 
     test_rng_host(dump);
     test_rng_device(dump, have_gpu);
+    test_bitsplit_carry_host();
     test_layer0_quantizers_host(dump);
     test_layer0_linear_host(dump);
     if (dump.header[2] == 0) test_trainer_host_pieces();

@@ -9,7 +9,8 @@
 #define INT4_MIN (-8)
 #define INT4_MAX 7
 // bit split: value = (BITSPLIT_BASE * high + low) / scale, scale = BITSPLIT_RANGE / max|g|,
-// so |high| <= 7 and |low| <= 7 (8 on a rounding tie, still INT4): 14*high + low fits one INT8 operand
+// so |high| <= 7 and low in [-7, 7] (see bitsplit_value's carry): two INT4 halves, and 14*high + low fits one
+// INT8 operand
 #define BITSPLIT_BASE 14
 #define BITSPLIT_RANGE 98.0f
 
@@ -81,6 +82,10 @@ HD int bitsplit_value(float g, float scale, float u, int* high_out, int* low_out
     float high = rintf(F32_DIV(x, (float)BITSPLIT_BASE));
     float rest = F32_SUB(x, F32_MUL((float)BITSPLIT_BASE, high));  // 14*high is exact
     float low = floorf(F32_ADD(rest, u));
+    if (low > (float)INT4_MAX) {  // rest = +7 (a tie) and 7 + u rounded up to 8 in FP32 (u > 1 - 2^-22): 8 is not
+        high += 1.0f;             // INT4, so carry 14 into high (high <= 6 here, as x <= 98); the operand is unchanged
+        low -= (float)BITSPLIT_BASE;
+    }
     if (high_out) *high_out = (int)high;
     if (low_out) *low_out = (int)low;
     return BITSPLIT_BASE * (int)high + (int)low;

@@ -158,10 +158,17 @@ def bitsplit(g, per_row, seed, stream):
         x = g * scale
     index = torch.arange(rows * cols, dtype=torch.int64, device=g.device).reshape(rows, cols)
     u = rng_uniform(seed, stream, index)
-    high = torch.round(x / BITSPLIT_BASE)
-    rest = x - BITSPLIT_BASE * high
-    low = torch.floor(rest + u)
+    high, low = bitsplit_halves(x, u)
     return BITSPLIT_BASE * high + low, high, low, scale
+
+
+def bitsplit_halves(x, u):
+    """high = round_half_even(x / 14), low = floor(x - 14*high + u); a low of 8 (rest = +7 and 7 + u rounded up
+    to 8 in float32) carries into high, as kernels/int4_math.h's bitsplit_value does"""
+    high = torch.round(x / BITSPLIT_BASE)
+    low = torch.floor(x - BITSPLIT_BASE * high + u)
+    carry = low > 7
+    return torch.where(carry, high + 1, high), torch.where(carry, low - BITSPLIT_BASE, low)
 
 
 def lss_scores(dy, x_hat):

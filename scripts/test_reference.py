@@ -79,6 +79,12 @@ def test_bitsplit_reconstruction():
         check(err < 1.0 and halves_ok, f"bit split {label}: |(14h+l)/s - g| < 1/s, halves in INT4",
               f"max error {err:.4f}/s, high in [{int(high.min())}, {int(high.max())}], "
               f"low in [{int(low.min())}, {int(low.max())}]")
+    # the carry: x = 7 (a tie, rest = +7) with the largest uniform 1 - 2^-24 gives floor(7 + u) = 8 in float32,
+    # which is not INT4; it must come out as high 1, low -6 (the same operand 8). At x = -7 the same u rounds
+    # -7 + u up to -6 (no carry needed: -6 is INT4); u = 0.5 leaves x = 7 as high 0, low 7.
+    high, low = ref.bitsplit_halves(torch.tensor([7.0, -7.0, 7.0]), torch.tensor([1.0 - 2.0**-24, 1.0 - 2.0**-24, 0.5]))
+    check(high.tolist() == [1.0, 0.0, 0.0] and low.tolist() == [-6.0, -6.0, 7.0], "bit split carry at low = 8",
+          f"x = 7, -7, 7 with u = 1-2^-24, 1-2^-24, 0.5: high {high.tolist()}, low {low.tolist()}")
     zero = torch.zeros(4, 8)
     operand, _, _, scale = ref.bitsplit(zero, True, 1, 2)
     check(bool((operand == 0).all()) and bool((scale == 0).all()), "bit split of zero rows",
