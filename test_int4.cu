@@ -578,6 +578,28 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
 // ----------------------------------------------------------------------------------------------------------
 // host pieces of the trainer: learning-rate schedule, encoder-backward buckets, training data windows
 
+// the state file's header (kernels/model_file.h): what state_header writes, state_header_check accepts for the
+// same run and the right file size, and state_header_train_state reads back; another config is refused
+static void test_state_header_host() {
+    GPTConfig c = {1024, 256, 256, 2, 2, 64, 0, 0};
+    TrainState st = {7, 1, 123456789012L, 1337u, PRECISION_INT4};
+    size_t total = 1000;
+    int32_t header[256];
+    state_header(header, st, c, total);
+    long size = 1024 + 3 * (long)total * 4;
+    TrainState back = state_header_train_state(header);
+    bool same = back.step == st.step && back.shard == st.shard && back.position == st.position &&
+                back.seed == st.seed && back.precision == st.precision;
+    GPTConfig other = c;
+    other.num_layers = 3;
+    bool accepted = state_header_check(header, size, c, PRECISION_INT4, total, "state (test)");
+    bool refused = !state_header_check(header, size, other, PRECISION_INT4, total, "state (test, other config)") &&
+                   !state_header_check(header, size - 4, c, PRECISION_INT4, total, "state (test, short)");
+    check(header[0] == STATE_MAGIC && same && accepted && refused, "state file header round trip",
+          "fields read back %s, same run %s, other config / short file %s", same ? "equal" : "DIFFER",
+          accepted ? "accepted" : "REFUSED", refused ? "refused" : "ACCEPTED");
+}
+
 static void test_trainer_host_pieces() {
     // warmup 10 to lr 1.0, cosine to 0.1 at step 100
     float first = learning_rate_at(0, 10, 100, 1.0f, 0.1f), peak = learning_rate_at(9, 10, 100, 1.0f, 0.1f);
@@ -710,6 +732,7 @@ int main(int argc, char** argv) {
     test_layer0_quantizers_host(dump);
     test_layer0_linear_host(dump);
     if (dump.header[2] == 0) test_trainer_host_pieces();
+    if (dump.header[2] == 0) test_state_header_host();
     if (dump.header[2] == 0) test_multi_gpu_rendezvous();
     test_quant_error_device(have_gpu);
     if (have_gpu) {  // GPT: the LM; BERT: the masked LM, then the classifier (same tolerances, same reasons)

@@ -667,14 +667,6 @@ static bool batches_next_val(Batches* d, int n, int max_batches) {
 // checkpoints: the model in llm.c's format (so its tools read ours and ours read its GPT-2 files) and a
 // state file with everything else needed to resume bit for bit (formats and readers: kernels/model_file.h)
 
-struct TrainState {
-    int step;            // optimizer steps done
-    int shard;           // train data position
-    long position;
-    uint32_t seed;
-    int precision;
-};
-
 template <typename T> int model_precision(GPT<T>* model) {
     return model->int4 ? PRECISION_INT4 : std::is_same<T, float>::value ? PRECISION_FP32 : PRECISION_BF16;
 }
@@ -691,20 +683,7 @@ template <typename T> bool save_checkpoint(GPT<T>* model, const std::string& dir
     bool ok = write_model_file(path, model->config, std::is_same<T, float>::value ? MODEL_VERSION_FP32 : MODEL_VERSION_BF16,
                                master.data(), n);
     int32_t header[256];
-    memset(header, 0, sizeof header);
-    header[0] = STATE_MAGIC;
-    header[1] = STATE_VERSION;
-    header[2] = st.step;
-    header[3] = st.shard;
-    memcpy(&header[4], &st.position, sizeof(long));
-    header[6] = (int32_t)st.seed;
-    header[7] = st.precision;
-    const GPTConfig& c = model->config;
-    int32_t config[8] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels,
-                         c.bert, c.num_classes};
-    memcpy(&header[8], config, 6 * sizeof(int32_t));
-    memcpy(&header[14], &total, sizeof total);
-    memcpy(&header[16], config + 6, 2 * sizeof(int32_t));
+    state_header(header, st, model->config, total);
     snprintf(path, sizeof path, "%s/state_%08d.bin", dir.c_str(), st.step);
     ok = ok && write_file_atomic(path, header, {{master.data(), total * 4}, {m.data(), total * 4}, {v.data(), total * 4}});
     return ok;
@@ -750,11 +729,7 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
                 cudaCheck(cudaMemcpy(model->params_memory, converted.data(), np * sizeof(T), cudaMemcpyHostToDevice));
             }
         }
-        st->step = header[2];
-        st->shard = header[3];
-        memcpy(&st->position, &header[4], sizeof(long));
-        st->seed = (uint32_t)header[6];
-        st->precision = header[7];
+        *st = state_header_train_state(header);
         model->lsq_steps_initialised = true;  // the LSQ steps came from the file
     }
     fclose(f);

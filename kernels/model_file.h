@@ -115,6 +115,37 @@ inline bool write_model_file(const std::string& path, const GPTConfig& cfg, int 
     return write_file_atomic(path, header, {{raw.data(), n * 2}});
 }
 
+// what a state file records besides the values: the optimizer steps done, the train data position, the
+// seed and the precision (enum Precision)
+struct TrainState {
+    int step;
+    int shard;
+    long position;
+    uint32_t seed;
+    int precision;
+};
+
+// a state file's header: magic, version, step, shard, position (int64 at 2 ints), seed, precision at 0-7; the
+// model's maxT, V, Vp, L, NH, C at 8-13; the count of values per array (int64) at 14-15; BERT flag and classes at
+// 16-17. total = parameters + LSQ steps; three FP32 arrays of it follow (master, m, v)
+inline void state_header(int32_t header[256], const TrainState& st, const GPTConfig& c, size_t total) {
+    memset(header, 0, 256 * sizeof(int32_t));
+    int32_t fields[8] = {STATE_MAGIC, STATE_VERSION, st.step, st.shard, 0, 0, (int32_t)st.seed, st.precision};
+    memcpy(header, fields, sizeof fields);
+    memcpy(&header[4], &st.position, sizeof(long));
+    int32_t config[6] = {c.max_seq_len, c.vocab_size, c.padded_vocab_size, c.num_layers, c.num_heads, c.channels};
+    memcpy(&header[8], config, sizeof config);
+    memcpy(&header[14], &total, sizeof total);
+    header[16] = c.bert;
+    header[17] = c.num_classes;
+}
+
+inline TrainState state_header_train_state(const int32_t header[256]) {
+    TrainState st = {header[2], header[3], 0, (uint32_t)header[6], header[7]};
+    memcpy(&st.position, &header[4], sizeof(long));
+    return st;
+}
+
 // a state file's header against this run: version, model config, precision, and the file's size for
 // total = parameters + LSQ steps values (master, m, v)
 inline bool state_header_check(const int32_t header[256], long file_size, const GPTConfig& c, int precision,
