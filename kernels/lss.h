@@ -53,17 +53,20 @@ __device__ int lss_block_exclusive_count(bool flag, int* total, int* shared_coun
     return before;
 }
 
-// scores_i = ‖dy_i‖·‖x̂_i‖ with x̂ = FP32(code·|s_x|), squares summed in FP64; one block per row
+// scores_i = ‖dy_i‖·‖x̂_i‖ with x̂ = FP32(code·|s_x|), squares summed in FP64; one block per row, each thread's
+// columns in order (loads unrolled ahead of the sums), then warp and block sums in a fixed order
 template <typename T>
 __global__ void lss_scores_kernel(float* scores, const T* dy, int M, const int8_t* codes_x, int K, const float* step_x) {
     __shared__ double shared[2][32];
     long row = blockIdx.x;
     float step_abs = fabsf(*step_x);
     double dy_sq = 0.0, x_sq = 0.0;
+#pragma unroll 8
     for (int c = threadIdx.x; c < M; c += blockDim.x) {
         float g = to_float(dy[row * M + c]);
         dy_sq += (double)g * g;
     }
+#pragma unroll 8
     for (int c = threadIdx.x; c < K; c += blockDim.x) {
         float x_hat = F32_MUL((float)codes_x[row * K + c], step_abs);
         x_sq += (double)x_hat * x_hat;

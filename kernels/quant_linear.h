@@ -62,45 +62,100 @@ __device__ __forceinline__ void hadamard_warp(float* v) {
     for (int r = 0; r < R; r++) v[r] = F32_MUL(v[r], norm);
 }
 
-// codes = q(v·H) for a (rows x K) tensor at step |*step|, one INT4 code per byte (the s8 GEMM's operand),
-// optionally also the transpose (K x rows). One warp per 32·R consecutive values of the flat tensor (blocks
-// never cross rows), coalesced loads, the transform in registers (hadamard_warp). A warp-level take on
-// dev/hadamard_quantize.cu version 2, writing int8 codes instead of packed nibbles.
-template <typename T, int G>
-__global__ void hadamard_quantize_kernel(int8_t* codes, int8_t* codes_transposed, const T* v, int rows, int K,
-                                         const float* step) {
-    constexpr int R = G >= 32 ? G / 32 : 1;
-    long total = (long)rows * K;
-    long base = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32 * (32 * R);
-    if (base >= total) return;  // the whole warp: base is the same in every lane
+// The same block Hadamard transform with lane l holding the V contiguous values lV .. lV+V−1 of 32·V consecutive
+// values (G <= 32·V, V <= G): stages h < V pair registers i and i + h, stages h >= V exchange with lane l ^ (h/V).
+// Every stage forms the same a+b / a−b from the same operands as hadamard_block_inplace: bit-identical to it.
+template <int G, int V>
+__device__ __forceinline__ void hadamard_lanes(float* v) {
     int lane = threadIdx.x % 32;
-    float x[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        long e = base + lane + 32 * r;
-        x[r] = e < total ? to_float(v[e]) : 0.0f;  // a tail of whole 16-blocks (G = 16 only)
+    for (int h = 1; h < G; h *= 2) {
+        if (h < V) {
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                if (i & h) continue;
+                float a = v[i], b = v[i + h];
+                v[i] = F32_ADD(a, b);
+                v[i + h] = F32_SUB(a, b);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                float partner = __shfl_xor_sync(0xffffffff, v[i], h / V);
+                v[i] = (lane & (h / V)) ? F32_SUB(partner, v[i]) : F32_ADD(v[i], partner);
+            }
+        }
     }
-    hadamard_warp<G>(x);
-    float step_abs = fabsf(*step);
+    float norm = hadamard_norm(G);
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        long e = base + lane + 32 * r;
-        if (e >= total) continue;
-        int8_t q = (int8_t)quantize_int4(x[r], step_abs);
-        codes[e] = q;
-        if (codes_transposed) codes_transposed[(e % K) * rows + e / K] = q;
+    for (int i = 0; i < V; i++) v[i] = F32_MUL(v[i], norm);
+}
+
+// 16 bytes of T: the values one lane of hadamard_quantize_kernel loads at once
+template <typename T>
+struct alignas(16) Vector16 {
+    T x[16 / sizeof(T)];
+};
+
+// codes = q(v·H) for a flat tensor of total values (a multiple of G; blocks never cross rows), one INT4 code per
+// byte (the s8 GEMM's operand). A thread per V = 16/sizeof(T) contiguous values: one 16-byte load, the transform
+// in registers and shuffles (hadamard_lanes), one V-byte store. v must be 16-byte aligned.
+template <typename T, int G>
+__global__ void hadamard_quantize_kernel(int8_t* codes, const T* v, long total, const float* step) {
+    constexpr int V = 16 / sizeof(T);
+    static_assert(V == 4 || V == 8, "T is float or a 16-bit type");
+    long e = ((long)blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (e - (long)(threadIdx.x % 32) * V >= total) return;  // the whole warp: its first value is past the end
+    bool inside = e < total;  // a lane's V values (and a G-block) are all inside or all outside: V | G | total
+    float x[V];
+    Vector16<T> in;
+    if (inside) in = *reinterpret_cast<const Vector16<T>*>(v + e);
+#pragma unroll
+    for (int i = 0; i < V; i++) x[i] = inside ? to_float(in.x[i]) : 0.0f;
+    hadamard_lanes<G, V>(x);
+    if (!inside) return;
+    float step_abs = fabsf(*step);
+    uint32_t words[V / 4];
+#pragma unroll
+    for (int w = 0; w < V / 4; w++) words[w] = 0;
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        words[i / 4] |= (uint32_t)(uint8_t)(int8_t)quantize_int4(x[i], step_abs) << (8 * (i % 4));
+    }
+    if constexpr (V == 8) {
+        *reinterpret_cast<uint2*>(codes + e) = make_uint2(words[0], words[1]);
+    } else {
+        *reinterpret_cast<uint32_t*>(codes + e) = words[0];
     }
 }
 
-// y = acc · (|s_x|·|s_w|) + b, rounded like the reference (product, then sum)
+// out (cols x rows) = inᵀ for an int8 (rows x cols) matrix: a 32 x 32 tile per block of 32 x 8 threads, read
+// along in's rows and written along out's rows through shared memory
+__global__ void transpose_codes_kernel(int8_t* out, const int8_t* in, int rows, int cols) {
+    __shared__ int8_t tile[32][33];
+    int row0 = blockIdx.y * 32, col0 = blockIdx.x * 32;
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        int row = row0 + k, col = col0 + threadIdx.x;
+        if (row < rows && col < cols) tile[k][threadIdx.x] = in[(long)row * cols + col];
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        int col = col0 + k, row = row0 + threadIdx.x;
+        if (row < rows && col < cols) out[(long)col * rows + row] = tile[threadIdx.x][k];
+    }
+}
+
+// y = acc · (|s_x|·|s_w|) + b, rounded like the reference (product, then sum); a block row per output row
+// (blockIdx.x = row, blockIdx.y·blockDim.x + threadIdx.x = column), one thread per value
 template <typename T>
 __global__ void dequantize_bias_kernel(T* out, const int32_t* acc, const T* bias, long rows, int M, const float* step_x,
                                        const float* step_w) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= rows * M) return;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= M) return;
+    long i = (long)blockIdx.x * M + c;
     float scale = __fmul_rn(fabsf(*step_x), fabsf(*step_w));
     float y = __fmul_rn((float)acc[i], scale);
-    out[i] = from_float<T>(bias ? __fadd_rn(y, to_float(bias[i % M])) : y);
+    out[i] = from_float<T>(bias ? __fadd_rn(y, to_float(bias[c])) : y);
 }
 
 // per-row bit split of dy (rows x M): one block per row, max |g| by a block reduction, then
@@ -111,6 +166,7 @@ __global__ void bitsplit_rows_kernel(int8_t* operand, float* row_scale, const T*
     long row = blockIdx.x;
     const T* g = dy + row * M;
     float absmax = 0.0f;
+#pragma unroll 8
     for (int c = threadIdx.x; c < M; c += blockDim.x) absmax = fmaxf(absmax, fabsf(to_float(g[c])));
     for (int offset = 16; offset > 0; offset /= 2) absmax = fmaxf(absmax, __shfl_xor_sync(0xffffffff, absmax, offset));
     if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = absmax;
@@ -125,79 +181,176 @@ __global__ void bitsplit_rows_kernel(int8_t* operand, float* row_scale, const T*
     }
 }
 
-// the largest |dy_i / p_i| over kept rows (as float bits, for atomicMax on non-negative floats)
+#define KEPT_ABSMAX_ROWS 8  // kept rows per block of kept_absmax_kernel
+
+// the largest |dy_i / p_i| over kept rows (as float bits, for atomicMax on non-negative floats). A block per
+// KEPT_ABSMAX_ROWS kept rows, threads along the columns; the block's max of the bits, then one atomicMax
 template <typename T>
 __global__ void kept_absmax_kernel(unsigned int* absmax_bits, const T* dy, int M, const int* kept_rows,
                                    const float* kept_probs, const int* n_kept) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)*n_kept * M) return;
-    int j = i / M, c = i % M;
-    float v = fabsf(__fdiv_rn(to_float(dy[(long)kept_rows[j] * M + c]), kept_probs[j]));
-    atomicMax(absmax_bits, __float_as_uint(v));
+    __shared__ unsigned int shared[32];
+    __shared__ int block_rows[KEPT_ABSMAX_ROWS];
+    __shared__ float block_probs[KEPT_ABSMAX_ROWS];
+    int j0 = blockIdx.x * KEPT_ABSMAX_ROWS, rows = min(*n_kept - j0, KEPT_ABSMAX_ROWS);
+    if (rows <= 0) return;  // the whole block
+    if (threadIdx.x < rows) {
+        block_rows[threadIdx.x] = kept_rows[j0 + threadIdx.x];
+        block_probs[threadIdx.x] = kept_probs[j0 + threadIdx.x];
+    }
+    __syncthreads();
+    unsigned int best = 0;
+    for (int r = 0; r < rows; r++) {
+        const T* g = dy + (long)block_rows[r] * M;
+        float p = block_probs[r];
+        for (int c = threadIdx.x; c < M; c += blockDim.x) best = max(best, __float_as_uint(fabsf(__fdiv_rn(to_float(g[c]), p))));
+    }
+    best = __reduce_max_sync(0xffffffff, best);
+    if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)blockDim.x / 32; w++) best = max(best, shared[w]);
+        atomicMax(absmax_bits, best);
+    }
 }
 
+#define LSS_GATHER_TILE 64  // kept rows x columns per block of lss_gather_kernel
+
 // for kept row j (original row i): operand_t[c][j] = bitsplit(dy[i][c] / p_j) with u = rng(key, i·M + c),
-// codes_t[k][j] = codes_x[i][k]; columns j >= *n_kept (up to n_padded) are zero.
-// One thread per (j, c) for the operand and per (j, k) for the codes.
+// codes_t[k][j] = codes_x[i][k]; columns j >= *n_kept (up to n_padded) are zero. A block per 64 x 64 tile
+// (blockIdx.x: 64 columns j, blockIdx.y: 64 columns c or k): read along the rows of dy and codes_x, transposed
+// in shared memory, written along the rows of operand_t and codes_t, 4 bytes (4 j) per thread.
 template <typename T>
 __global__ void lss_gather_kernel(int8_t* operand_t, int8_t* codes_t, const T* dy, const int8_t* codes_x, int M, int K,
                                   const int* kept_rows, const float* kept_probs, const int* n_kept, int n_padded,
                                   const unsigned int* absmax_bits, uint32_t key) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    long width = M > K ? M : K;
-    if (i >= (long)n_padded * width) return;
-    int j = i / width, c = i % width;
-    bool real = j < *n_kept;
-    if (c < M) {
-        int8_t op = 0;
-        if (real) {
-            float scale = bitsplit_scale(__uint_as_float(*absmax_bits));
-            long src = (long)kept_rows[j] * M + c;
-            float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)src));
-            op = (int8_t)bitsplit_value(__fdiv_rn(to_float(dy[src]), kept_probs[j]), scale, u, nullptr, nullptr);
+    constexpr int TILE = LSS_GATHER_TILE, PITCH = TILE + 4;  // PITCH: a row of 17 words, conflict-free stores
+    __shared__ __align__(4) int8_t operand_tile[TILE][PITCH];  // [c - c0][j - j0]
+    __shared__ __align__(4) int8_t codes_tile[TILE][PITCH];
+    __shared__ int tile_rows[TILE];
+    __shared__ float tile_probs[TILE];
+    int j0 = blockIdx.x * TILE, c0 = blockIdx.y * TILE;
+    int kept = min(max(*n_kept - j0, 0), TILE);  // kept rows in this tile: the first `kept` j
+    bool has_operand = c0 < M, has_codes = c0 < K;
+    if (kept > 0) {
+        for (int t = threadIdx.x; t < kept; t += blockDim.x) {
+            tile_rows[t] = kept_rows[j0 + t];
+            tile_probs[t] = kept_probs[j0 + t];
         }
-        operand_t[(long)c * n_padded + j] = op;
+        __syncthreads();
+        if (has_operand) {
+            float scale = bitsplit_scale(__uint_as_float(*absmax_bits));
+            for (int t = threadIdx.x; t < TILE * TILE; t += blockDim.x) {
+                int jt = t / TILE, ct = t % TILE, c = c0 + ct;
+                if (jt >= kept || c >= M) continue;
+                long src = (long)tile_rows[jt] * M + c;
+                float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)src));
+                operand_tile[ct][jt] =
+                    (int8_t)bitsplit_value(__fdiv_rn(to_float(dy[src]), tile_probs[jt]), scale, u, nullptr, nullptr);
+            }
+        }
+        if (has_codes) {  // 4 codes per thread (K % 16 == 0: rows of whole Hadamard blocks)
+            for (int t = threadIdx.x; t < TILE * TILE / 4; t += blockDim.x) {
+                int jt = t / (TILE / 4), kt = 4 * (t % (TILE / 4)), k = c0 + kt;
+                if (jt >= kept || k >= K) continue;
+                uint32_t word = *reinterpret_cast<const uint32_t*>(codes_x + (long)tile_rows[jt] * K + k);
+#pragma unroll
+                for (int i = 0; i < 4; i++) codes_tile[kt + i][jt] = (int8_t)(word >> (8 * i));
+            }
+        }
+        __syncthreads();
     }
-    if (c < K) codes_t[(long)c * n_padded + j] = real ? codes_x[(long)kept_rows[j] * K + c] : 0;
+    // write: thread t covers j = j0 + 4·(t % 16) .. +3 of tile row t / 16 (+ 16 per step); n_padded % 16 == 0
+    for (int t = threadIdx.x; t < TILE * TILE / 4; t += blockDim.x) {
+        int ct = t / (TILE / 4), jt = 4 * (t % (TILE / 4)), c = c0 + ct, j = j0 + jt;
+        if (j >= n_padded) continue;
+        uint32_t operand_word = 0, codes_word = 0;
+        if (jt < kept) {  // j < *n_kept: the bytes of j past *n_kept are zeroed below
+            operand_word = *reinterpret_cast<const uint32_t*>(&operand_tile[ct][jt]);
+            codes_word = *reinterpret_cast<const uint32_t*>(&codes_tile[ct][jt]);
+            int real = kept - jt;  // < 4: only the low `real` bytes are kept rows
+            if (real < 4) {
+                uint32_t mask = (1u << (8 * real)) - 1u;
+                operand_word &= mask;
+                codes_word &= mask;
+            }
+        }
+        if (c < M) *reinterpret_cast<uint32_t*>(operand_t + (long)c * n_padded + j) = operand_word;
+        if (c < K) *reinterpret_cast<uint32_t*>(codes_t + (long)c * n_padded + j) = codes_word;
+    }
 }
 
 // Backward finish for one operand: v̂-gradient = acc · coef (coef per row, or the tensor's), the
 // straight-through mask on ṽ = v·H (recomputed), step-gradient partial Σ v̂-grad · term(ṽ), and the gradient
 // back through H. out: written (TOut = activation type) or accumulated (FP32 weight gradient). Threads map to
-// values as in hadamard_quantize_kernel (a warp per 32·R values), in a grid-stride loop over a fixed grid.
+// values as hadamard_warp holds them (a warp per 32·R values), in a grid-stride loop over a fixed grid that
+// loads U iterations ahead; each value's row is stepped along without division.
 // Step-gradient partials: one per thread block, summed in order by lsq_step_grad_finish_kernel.
 template <typename TIn, typename TOut, int G>
 __global__ void quant_backward_finish_kernel(TOut* out, bool accumulate, float* step_partials, const int32_t* acc,
                                              const float* row_coef, const float* tensor_coef, const TIn* v, int rows,
                                              int K, const float* step) {
-    constexpr int R = G >= 32 ? G / 32 : 1;
+    constexpr int R = G >= 32 ? G / 32 : 1, U = R < 4 ? 4 / R : 1;
     __shared__ float shared[32];
     long total = (long)rows * K;
     long warp = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32, warps = (long)gridDim.x * blockDim.x / 32;
+    long first = warp * 32 * R, stride = warps * 32 * R;
     int lane = threadIdx.x % 32;
+    int row = (int)(first / K), col = (int)(first % K);  // of the warp's next iteration's first value
+    int stride_rows = (int)(stride / K), stride_cols = (int)(stride % K);
     float partial = 0.0f;
     float step_abs = fabsf(*step);
-    for (long base = warp * 32 * R; base < total; base += warps * 32 * R) {  // warp-uniform
-        float v_tilde[R], grad[R];
+    float coef_tensor = row_coef ? 0.0f : *tensor_coef;
+    for (long base0 = first; base0 < total; base0 += U * stride) {  // warp-uniform
+        float v_in[U][R], coef[U][R];
+        int32_t acc_in[U][R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            long e = base + lane + 32 * r;
-            v_tilde[r] = e < total ? to_float(v[e]) : 0.0f;
+        for (int u = 0; u < U; u++) {
+            long base = base0 + u * stride;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                long e = base + lane + 32 * r;
+                bool inside = e < total;
+                v_in[u][r] = inside ? to_float(v[e]) : 0.0f;
+                acc_in[u][r] = inside ? acc[e] : 0;
+                coef[u][r] = coef_tensor;
+                if (row_coef && inside) {
+                    int value_row = row, value_col = col + lane + 32 * r;
+                    while (value_col >= K) {  // only when K is not a multiple of 32·R
+                        value_col -= K;
+                        value_row++;
+                    }
+                    coef[u][r] = row_coef[value_row];
+                }
+            }
+            row += stride_rows;
+            col += stride_cols;
+            if (col >= K) {
+                col -= K;
+                row++;
+            }
         }
-        hadamard_warp<G>(v_tilde);
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            long e = base + lane + 32 * r;
-            float grad_hat = 0.0f;
-            if (e < total) grad_hat = __fmul_rn((float)acc[e], row_coef ? row_coef[e / K] : *tensor_coef);
-            partial += grad_hat * lsq_step_grad_term(v_tilde[r], step_abs);
-            grad[r] = __fmul_rn(grad_hat, lsq_in_range(v_tilde[r], step_abs) ? 1.0f : 0.0f);
-        }
-        hadamard_warp<G>(grad);
+        for (int u = 0; u < U; u++) {
+            long base = base0 + u * stride;
+            if (base >= total) break;
+            float v_tilde[R], grad[R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            long e = base + lane + 32 * r;
-            if (e < total) out[e] = accumulate ? from_float<TOut>(to_float(out[e]) + grad[r]) : from_float<TOut>(grad[r]);
+            for (int r = 0; r < R; r++) v_tilde[r] = v_in[u][r];
+            hadamard_warp<G>(v_tilde);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                long e = base + lane + 32 * r;
+                float grad_hat = 0.0f;
+                if (e < total) grad_hat = __fmul_rn((float)acc_in[u][r], coef[u][r]);
+                partial += grad_hat * lsq_step_grad_term(v_tilde[r], step_abs);
+                grad[r] = __fmul_rn(grad_hat, lsq_in_range(v_tilde[r], step_abs) ? 1.0f : 0.0f);
+            }
+            hadamard_warp<G>(grad);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                long e = base + lane + 32 * r;
+                if (e < total) out[e] = accumulate ? from_float<TOut>(to_float(out[e]) + grad[r]) : from_float<TOut>(grad[r]);
+            }
         }
     }
     for (int offset = 16; offset > 0; offset /= 2) partial += __shfl_xor_sync(0xffffffff, partial, offset);
@@ -294,17 +447,27 @@ inline long quant_blocks(long rows, int K, int g) {
 }
 
 
+// codes = q(v·H) (rows x K), and if codes_transposed is not null also its transpose (K x rows)
 template <typename T>
 void hadamard_quantize(int8_t* codes, int8_t* codes_transposed, const T* v, int rows, int K, int g, const float* step,
                        cudaStream_t stream) {
-    long blocks = quant_blocks(rows, K, g);
+    if ((uintptr_t)v % 16 != 0) {
+        fprintf(stderr, "hadamard_quantize: the input must be 16-byte aligned\n");
+        exit(EXIT_FAILURE);
+    }
+    long total = (long)rows * K, blocks = CEIL_DIV(total / (long)(16 / sizeof(T)), QUANT_THREADS);
     switch (g) {
-        case 16: hadamard_quantize_kernel<T, 16><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
-        case 32: hadamard_quantize_kernel<T, 32><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
-        case 64: hadamard_quantize_kernel<T, 64><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
-        default: hadamard_quantize_kernel<T, 128><<<blocks, QUANT_THREADS, 0, stream>>>(codes, codes_transposed, v, rows, K, step); break;
+        case 16: hadamard_quantize_kernel<T, 16><<<blocks, QUANT_THREADS, 0, stream>>>(codes, v, total, step); break;
+        case 32: hadamard_quantize_kernel<T, 32><<<blocks, QUANT_THREADS, 0, stream>>>(codes, v, total, step); break;
+        case 64: hadamard_quantize_kernel<T, 64><<<blocks, QUANT_THREADS, 0, stream>>>(codes, v, total, step); break;
+        default: hadamard_quantize_kernel<T, 128><<<blocks, QUANT_THREADS, 0, stream>>>(codes, v, total, step); break;
     }
     cudaCheck(cudaGetLastError());
+    if (codes_transposed) {
+        transpose_codes_kernel<<<dim3(CEIL_DIV(K, 32), CEIL_DIV(rows, 32)), dim3(32, 8), 0, stream>>>(codes_transposed,
+                                                                                                     codes, rows, K);
+        cudaCheck(cudaGetLastError());
+    }
 }
 
 // the backward finish of one operand (see quant_backward_finish_kernel), then its step gradient
@@ -332,7 +495,7 @@ void quant_linear_forward(T* out, const T* inp, const T* weight, const T* bias, 
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, (int8_t*)nullptr, weight, M, K, g, step_w, stream);
     int8_matmul_tn(s.acc, s.codes_w, s.codes_x, M, N, K, stream);  // column-major M x N = row-major N x M
-    dequantize_bias_kernel<<<CEIL_DIV((long)N * M, 256), 256, 0, stream>>>(out, s.acc, bias, N, M, step_x, step_w);
+    dequantize_bias_kernel<<<dim3(N, CEIL_DIV(M, 256)), 256, 0, stream>>>(out, s.acc, bias, N, M, step_x, step_w);
     cudaCheck(cudaGetLastError());
 }
 
@@ -368,15 +531,14 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
                                                              key_keep);
     cudaCheck(cudaGetLastError());
     cudaCheck(cudaMemsetAsync(s.absmax_bits, 0, sizeof(unsigned int), stream));
-    kept_absmax_kernel<<<CEIL_DIV((long)N * M, 256), 256, 0, stream>>>(s.absmax_bits, dout, M, s.kept_rows,
-                                                                       s.kept_probs, s.n_kept);
+    kept_absmax_kernel<<<CEIL_DIV(N, KEPT_ABSMAX_ROWS), 256, 0, stream>>>(s.absmax_bits, dout, M, s.kept_rows,
+                                                                          s.kept_probs, s.n_kept);
     cudaCheck(cudaGetLastError());
     uint32_t key_dw = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_DW_ROUND));
     int n_padded = CEIL_DIV(N, 16) * 16;
-    long gather = (long)n_padded * std::max(M, K);
-    lss_gather_kernel<<<CEIL_DIV(gather, 256), 256, 0, stream>>>(s.operand_t, s.codes_x_t, dout, s.codes_x, M, K,
-                                                                 s.kept_rows, s.kept_probs, s.n_kept, n_padded,
-                                                                 s.absmax_bits, key_dw);
+    dim3 gather_tiles(CEIL_DIV(n_padded, LSS_GATHER_TILE), CEIL_DIV(std::max(M, K), LSS_GATHER_TILE));
+    lss_gather_kernel<<<gather_tiles, 256, 0, stream>>>(s.operand_t, s.codes_x_t, dout, s.codes_x, M, K, s.kept_rows,
+                                                        s.kept_probs, s.n_kept, n_padded, s.absmax_bits, key_dw);
     cudaCheck(cudaGetLastError());
     int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, stream);  // row-major M x K
     tensor_coef_kernel<<<1, 1, 0, stream>>>(s.tensor_coef, s.absmax_bits, step_x);
