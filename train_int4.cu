@@ -109,7 +109,8 @@ template <typename T> struct ActivationTensors {
     float* ln1_rstd;   // (L, B, T)
     T* qkv;            // (L, B, T, 3C)
     T* atty;           // (L, B, T, C)
-    T* att;            // (L, B, NH, T, T)
+    T* att;            // (L, B, NH, T, T) attention probabilities, cuBLASLt attention path only
+    float* att_lse2;   // (L, B, NH, T) softmax log2-denominators, flash attention path only
     T* residual2;      // (L, B, T, C)
     T* ln2;            // (L, B, T, C)
     float* ln2_mean;   // (L, B, T)
@@ -196,18 +197,21 @@ static void gpt_init_parameters(float* host, const size_t sizes[NUM_PARAMETER_TE
 
 
 // points every activation into one allocation at base and returns the bytes they span (base = nullptr: only
-// the size, for the allocation and the memory check). FP32 arrays follow the T ones, 16-byte aligned.
+// the size, for the allocation and the memory check).
 template <typename T>
 size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& cfg, int B, int T_) {
     size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, BT = (size_t)B * T_, Vp = cfg.padded_vocab_size;
+    bool flash = attention_is_flash<T>(cfg.channels / cfg.num_heads);  // no (T, T) tensors on the flash path
+    size_t scores = flash ? 0 : NH * BT * T_, attention_heads = flash ? 0 : BT * C;
     uintptr_t cursor = (uintptr_t)base;
-    auto take_t = [&](size_t count) { T* p = (T*)cursor; cursor += count * sizeof(T); return p; };
-    auto take_f = [&](size_t count) { float* p = (float*)cursor; cursor += count * sizeof(float); return p; };
+    // every tensor 16-byte aligned, so that kernels can move 16-byte vectors (kernels/common.h, Packed)
+    auto take_t = [&](size_t count) { T* p = (T*)cursor; cursor = (cursor + count * sizeof(T) + 15) & ~(uintptr_t)15; return p; };
+    auto take_f = [&](size_t count) { float* p = (float*)cursor; cursor = (cursor + count * sizeof(float) + 15) & ~(uintptr_t)15; return p; };
     a->encoded = take_t(BT * C);
     a->ln1 = take_t(L * BT * C);
     a->qkv = take_t(L * BT * 3 * C);
     a->atty = take_t(L * BT * C);
-    a->att = take_t(L * NH * BT * T_);
+    a->att = take_t(L * scores);
     a->residual2 = take_t(L * BT * C);
     a->ln2 = take_t(L * BT * C);
     a->fch = take_t(L * BT * 4 * C);
@@ -219,15 +223,14 @@ size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& c
     a->dresidual = take_t(BT * C);
     a->bt4c = take_t(BT * 4 * C);
     a->bt3c = take_t(BT * 3 * C);
-    a->attention.q = take_t(BT * C);
-    a->attention.k = take_t(BT * C);
-    a->attention.v = take_t(BT * C);
-    a->attention.y_heads = take_t(BT * C);
-    a->attention.dq = take_t(BT * C);
-    a->attention.dk = take_t(BT * C);
-    a->attention.dv = take_t(BT * C);
-    a->attention.dscores = take_t(NH * BT * T_);
-    cursor = (cursor + 15) & ~(uintptr_t)15;
+    a->attention.q = take_t(attention_heads);
+    a->attention.k = take_t(attention_heads);
+    a->attention.v = take_t(attention_heads);
+    a->attention.y_heads = take_t(attention_heads);
+    a->attention.dq = take_t(attention_heads);
+    a->attention.dk = take_t(attention_heads);
+    a->attention.dv = take_t(attention_heads);
+    a->attention.dscores = take_t(scores);
     a->ln1_mean = take_f(L * BT);
     a->ln1_rstd = take_f(L * BT);
     a->ln2_mean = take_f(L * BT);
@@ -235,8 +238,10 @@ size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& c
     a->lnf_mean = take_f(BT);
     a->lnf_rstd = take_f(BT);
     a->losses = take_f(BT);
-    a->reduce = take_f(CEIL_DIV(BT, 256) * 4 * C + NORM_BLOCKS);
-    a->attention.scores = take_f(NH * BT * T_);
+    a->reduce = take_f(std::max(layernorm_scratch_floats(BT, C), CEIL_DIV(BT, 256) * 4 * C) + NORM_BLOCKS);
+    a->attention.scores = take_f(scores);
+    a->att_lse2 = take_f(flash ? L * NH * BT : 0);
+    a->attention.dot = take_f(flash ? NH * BT : 0);
     return cursor - (uintptr_t)base;
 }
 
@@ -344,15 +349,19 @@ template <typename T> void gpt_upload_batch(GPT<T>* model, const int* inputs, co
 
 // layer l's slices of the per-layer activations; residual is the block's input (the embedding for l = 0)
 template <typename T> struct LayerActivations {
-    T *residual, *ln1, *qkv, *atty, *att, *residual2, *ln2, *fch, *fch_gelu, *residual3;
+    T *residual, *ln1, *qkv, *atty;
+    AttentionSaved<T> att;
+    T *residual2, *ln2, *fch, *fch_gelu, *residual3;
 };
 
 template <typename T> LayerActivations<T> layer_activations(GPT<T>* model, int l) {
     ActivationTensors<T>& a = model->acts;
     size_t NC = (size_t)model->B * model->T_ * model->config.channels;
-    size_t att_size = (size_t)model->config.num_heads * model->B * model->T_ * model->T_;
+    size_t rows = (size_t)model->config.num_heads * model->B * model->T_;  // (B, NH, T)
+    bool flash = attention_is_flash<T>(model->config.channels / model->config.num_heads);
+    AttentionSaved<T> att = {flash ? nullptr : a.att + l * rows * model->T_, flash ? a.att_lse2 + l * rows : nullptr};
     return {l == 0 ? a.encoded : a.residual3 + (l - 1) * NC, a.ln1 + l * NC, a.qkv + l * 3 * NC, a.atty + l * NC,
-            a.att + l * att_size, a.residual2 + l * NC, a.ln2 + l * NC, a.fch + l * 4 * NC, a.fch_gelu + l * 4 * NC,
+            att, a.residual2 + l * NC, a.ln2 + l * NC, a.fch + l * 4 * NC, a.fch_gelu + l * 4 * NC,
             a.residual3 + l * NC};
 }
 
@@ -522,7 +531,8 @@ template <typename T> void gpt_backward(GPT<T>* model) {
         if (model->dropout > 0.0f) { gpt_dropout(model, a.bt3c, a.dresidual, l, 1); dbranch = a.bt3c; }
         linear_backward(model, l, 1, a.btc, g.attprojw + (size_t)l * C * C, g.attprojb + l * C, dbranch, atty,
                         p.attprojw + (size_t)l * C * C, C, C);
-        attention_backward(a.bt3c, a.btc, qkv, att, B, T_, C, NH, a.attention, s);
+        attention_backward(a.bt3c, a.btc, qkv, atty, att, cfg.bert ? model->inputs : nullptr, B, T_, C, NH,
+                           a.attention, s);
         linear_backward(model, l, 0, a.btc, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, a.bt3c, ln1,
                         p.qkvw + (size_t)l * 3 * C * C, C, 3 * C);
         layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.btc, residual, p.ln1w + l * C,

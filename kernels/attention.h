@@ -1,8 +1,12 @@
-// Multi-head self-attention with the scores and softmax in FP32: q·kᵀ and att·v are batched cuBLASLt
-// products over (batch × heads); the softmax and the layout permutations are kernels below.
+// Multi-head self-attention with the scores and softmax in FP32, two paths behind one pair of calls:
+// BF16 activations with head size 16, 32 or 64 take the fused kernels of flash_attention.h (no (T, T) tensor
+// in memory); FP32 mode and other head sizes take the cuBLASLt path here: q·kᵀ and att·v are batched
+// cuBLASLt products over (batch × heads), the softmax and the layout permutations are kernels below.
 // Causal (GPT) or bidirectional with [PAD] keys masked (BERT: pass the batch's tokens as key_tokens).
 #pragma once
+#include <type_traits>
 #include "common.h"
+#include "flash_attention.h"
 #include "layernorm.h"
 #include "matmul.h"
 #include "mlm.h"
@@ -82,19 +86,31 @@ __global__ void softmax_backward_kernel(T* dpreatt, const float* datt, const T* 
     for (int s = lane; s < T_; s += 32) dpreatt[row * T_ + s] = from_float<T>(to_float(p[s]) * (g[s] - dot));
 }
 
-// scratch buffers of one layer's attention (reused across layers)
+// which path activations of type T with head size hs take
+template <typename T> bool attention_is_flash(int hs) {
+    return std::is_same_v<T, __nv_bfloat16> && flash_attention_supported(hs);
+}
+
+// what one layer's attention keeps for its backward: the probabilities att (B, NH, T, T) on the cuBLASLt
+// path, the rows' lse2 (B, NH, T) on the flash path; the other is null
+template <typename T> struct AttentionSaved {
+    T* att;
+    float* lse2;
+};
+
+// scratch buffers of one layer's attention (reused across layers); the cuBLASLt path's, or flash's dot
 template <typename T> struct AttentionScratch {
     T *q, *k, *v, *y_heads;  // (B, NH, T, hs) each
     float* scores;           // (B, NH, T, T): preatt in the forward, datt in the backward
     T* dscores;              // (B, NH, T, T)
     T *dq, *dk, *dv;         // (B, NH, T, hs) each
+    float* dot;              // (B, NH, T): flash path, Σ dout·out per row
 };
 
-// out (B, T, C) = attention of qkv (B, T, 3C); att (B, NH, T, T) is kept for the backward
+// the cuBLASLt path: out (B, T, C) = attention of qkv (B, T, 3C); att (B, NH, T, T) kept for the backward
 template <typename T>
-void attention_forward(T* out, T* att, const T* qkv, const int* key_tokens, int B, int T_, int C, int NH,
-                       AttentionScratch<T>& s, cudaStream_t stream) {
-    NVTX_RANGE_FN();
+void attention_forward_cublaslt(T* out, T* att, const T* qkv, const int* key_tokens, int B, int T_, int C, int NH,
+                                AttentionScratch<T>& s, cudaStream_t stream) {
     int hs = C / NH;
     long n = (long)B * T_ * C;
     int batch = B * NH;
@@ -111,11 +127,10 @@ void attention_forward(T* out, T* att, const T* qkv, const int* key_tokens, int 
     cudaCheck(cudaGetLastError());
 }
 
-// dqkv (B, T, 3C) from dout (B, T, C); recomputes q, k, v from the saved qkv
+// the cuBLASLt path's backward: dqkv (B, T, 3C) from dout (B, T, C); recomputes q, k, v from qkv
 template <typename T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C, int NH,
-                        AttentionScratch<T>& s, cudaStream_t stream) {
-    NVTX_RANGE_FN();
+void attention_backward_cublaslt(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C, int NH,
+                                 AttentionScratch<T>& s, cudaStream_t stream) {
     int hs = C / NH;
     long n = (long)B * T_ * C;
     int batch = B * NH;
@@ -138,4 +153,33 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
               (long)T_ * hs, (long)T_ * T_, (long)T_ * hs, stream);
     permute_qkv_backward_kernel<<<CEIL_DIV(n, 256), 256, 0, stream>>>(dqkv, s.dq, s.dk, s.dv, B, T_, NH, hs);
     cudaCheck(cudaGetLastError());
+}
+
+// out (B, T, C) = attention of qkv (B, T, 3C); `saved` is filled for the backward
+template <typename T>
+void attention_forward(T* out, AttentionSaved<T> saved, const T* qkv, const int* key_tokens, int B, int T_, int C,
+                       int NH, AttentionScratch<T>& s, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        if (attention_is_flash<T>(C / NH)) {
+            flash_attention_forward(out, saved.lse2, qkv, key_tokens, B, T_, C, NH, stream);
+            return;
+        }
+    }
+    attention_forward_cublaslt(out, saved.att, qkv, key_tokens, B, T_, C, NH, s, stream);
+}
+
+// dqkv (B, T, 3C) from dout (B, T, C), the forward's qkv, out and saved state
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, AttentionSaved<T> saved,
+                        const int* key_tokens, int B, int T_, int C, int NH, AttentionScratch<T>& s,
+                        cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        if (attention_is_flash<T>(C / NH)) {
+            flash_attention_backward(dqkv, s.dot, dout, out, qkv, saved.lse2, key_tokens, B, T_, C, NH, stream);
+            return;
+        }
+    }
+    attention_backward_cublaslt(dqkv, dout, qkv, saved.att, B, T_, C, NH, s, stream);
 }

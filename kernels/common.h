@@ -95,6 +95,16 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { retur
 // host-side conversion for copying parameters between FP32 master weights and the compute copy
 inline __nv_bfloat16 host_float_to_bf16(float f) { return __float2bfloat16_rn(f); }
 
+// 16 bytes of activations (8 BF16 or 4 FP32 values) moved as one vector load or store; the pointer must be
+// 16-byte aligned (kernels check `aligned16` on the host and otherwise move elements one by one)
+inline bool aligned16(const void* p) { return (uintptr_t)p % 16 == 0; }
+template <typename T> struct alignas(16) Packed {
+    static constexpr int size = 16 / sizeof(T);
+    T values[size];
+    __device__ __forceinline__ static Packed load(const T* p) { return *reinterpret_cast<const Packed*>(p); }
+    __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<Packed*>(p) = *this; }
+};
+
 // 8 BF16 values (16 bytes, element 0 in the lowest bits) widened to FP32: a BF16 is the top half of its FP32
 // value, so the shift is exact (what __bfloat162float does)
 __device__ __forceinline__ void unpack_bf16x8(float* out, uint4 bits) {

@@ -1,0 +1,403 @@
+// Fused attention for BF16 activations (flash-attention-2's scheme), head sizes 16, 32 and 64: the (T, T)
+// scores never reach global memory. Q·Kᵀ and P·V run on the BF16 tensor cores (mma.sync m16n8k16, FP32
+// accumulation); the scale, mask and online softmax run in FP32 in registers. The forward keeps one FP32
+// number per query row for the backward: the log2 of its softmax denominator (lse2, in the scaled-log2
+// units the kernels work in), from which the backward recomputes every probability exactly as the forward
+// made it. The backward is two kernels so that nothing is summed with atomics (the trainer's runs repeat
+// bit for bit): one per key block accumulates dK and dV over query blocks, one per query block accumulates
+// dQ over key blocks; both recompute the scores. They read q, k, v straight from the qkv layout
+// (B, T, 3, NH, hs) and write dq, dk, dv straight into dqkv: no permutation passes.
+// Causal (GPT) or bidirectional with [PAD] keys masked (BERT: key_tokens). dev/attention.cu validates it
+// against a CPU reference and the cuBLASLt path of kernels/attention.h, and times both.
+#pragma once
+#include <math.h>
+#include "common.h"
+#include "mlm.h"
+
+#define FLASH_ROWS 64                         // query or key rows per thread block: 4 warps x 16 rows
+#define FLASH_THREADS 128
+#define FLASH_LOG2E 1.4426950408889634f
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// four 8x8 BF16 matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(p)));
+}
+
+// the same, each matrix transposed on the way into registers
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_address(p)));
+}
+
+// c (16x8 FP32) += a (16x16 BF16, row-major) · b (16x8 BF16, column-major)
+__device__ __forceinline__ void mma_bf16_16x8x16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// two FP32 values rounded to BF16 and packed, the first in the low half (the order mma operands use)
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// A 64 x HS BF16 tile in shared memory, row-major, its 16-byte chunks permuted within each row (XOR with a
+// function of the row) so that the 8 row addresses of every ldmatrix hit 8 different bank groups.
+template <int HS> struct alignas(16) FlashTile {
+    static constexpr int CHUNKS = HS / 8;  // 16-byte chunks per row
+    bf16 data[FLASH_ROWS * HS];
+    __device__ __forceinline__ static int index(int row, int c) {
+        int swizzle = CHUNKS >= 8 ? row % 8 : (row / (8 / CHUNKS)) % CHUNKS;
+        return row * HS + (c ^ swizzle) * 8;
+    }
+    __device__ __forceinline__ const bf16* chunk(int row, int c) const { return data + index(row, c); }
+    // rows t0 .. t0+63 of a tensor whose row t starts at base + t·stride (zeros past row T_); all threads
+    __device__ __forceinline__ void load(const bf16* base, long stride, int t0, int T_) {
+        for (int i = threadIdx.x; i < FLASH_ROWS * CHUNKS; i += FLASH_THREADS) {
+            int row = i / CHUNKS, c = i % CHUNKS;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (t0 + row < T_) v = *reinterpret_cast<const uint4*>(base + (t0 + row) * stride + c * 8);
+            *reinterpret_cast<uint4*>(data + index(row, c)) = v;
+        }
+    }
+    // A operand: rows row0..row0+15, columns 16·kk..16·kk+15
+    __device__ __forceinline__ void a_fragment(uint32_t a[4], int row0, int kk) const {
+        int lane = threadIdx.x % 32;
+        ldmatrix_x4(a, chunk(row0 + lane % 16, 2 * kk + lane / 16));
+    }
+    // B operands of two n-tiles when the tile is stored n-major (row = n, columns = k): n = n0..n0+15,
+    // k = 16·kk..16·kk+15. b[0], b[1]: n-tile n0; b[2], b[3]: n-tile n0 + 8
+    __device__ __forceinline__ void b_fragments_n_major(uint32_t b[4], int n0, int kk) const {
+        int lane = threadIdx.x % 32;
+        ldmatrix_x4(b, chunk(n0 + lane % 8 + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
+    }
+    // the same when the tile is stored k-major (row = k, columns = n): k = 16·kk.., n = n0..n0+15
+    __device__ __forceinline__ void b_fragments_k_major(uint32_t b[4], int kk, int n0) const {
+        int lane = threadIdx.x % 32;
+        ldmatrix_x4_trans(b, chunk(16 * kk + lane % 8 + ((lane / 8) % 2) * 8, n0 / 8 + lane / 16));
+    }
+};
+
+// which (query, key) pairs take part: keys below T_, and causal (key <= query) or a non-[PAD] key
+__device__ __forceinline__ bool flash_visible(int query, int key, int T_, const int* key_tokens) {
+    return key < T_ && (key_tokens ? key_tokens[key] != TOKEN_PAD : key <= query);
+}
+
+// acc (16 x 64, as 8 n-tiles) = rows row0.. of `a` (16 x HS, A fragments) · the 64 rows of `b`ᵀ
+template <int HS>
+__device__ __forceinline__ void flash_scores(float acc[8][4], const uint32_t a[HS / 16][4], const FlashTile<HS>& b) {
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t frag[4];
+            b.b_fragments_n_major(frag, 16 * np, kk);
+            mma_bf16_16x8x16(acc[2 * np], a[kk], frag[0], frag[1]);
+            mma_bf16_16x8x16(acc[2 * np + 1], a[kk], frag[2], frag[3]);
+        }
+    }
+}
+
+// out (16 x HS) += p (16 x 64, accumulator layout, rounded to BF16 here) · `b` (64 x HS, k-major)
+template <int HS>
+__device__ __forceinline__ void flash_accumulate(float out[HS / 8][4], const float p[8][4], const FlashTile<HS>& b) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        // the accumulators of two neighbouring n-tiles are exactly an A fragment of a 16x16 tile
+        uint32_t a[4] = {pack_bf16x2(p[2 * ks][0], p[2 * ks][1]), pack_bf16x2(p[2 * ks][2], p[2 * ks][3]),
+                         pack_bf16x2(p[2 * ks + 1][0], p[2 * ks + 1][1]), pack_bf16x2(p[2 * ks + 1][2], p[2 * ks + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < HS / 16; dp++) {
+            uint32_t frag[4];
+            b.b_fragments_k_major(frag, ks, 16 * dp);
+            mma_bf16_16x8x16(out[2 * dp], a, frag[0], frag[1]);
+            mma_bf16_16x8x16(out[2 * dp + 1], a, frag[2], frag[3]);
+        }
+    }
+}
+
+// Forward: out (B, T, C) and lse2 (B, NH, T) from qkv. One block per (64-query block, head, batch row), the
+// heaviest causal blocks first; each warp owns 16 queries and walks the key blocks with an online softmax.
+template <int HS>
+__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(bf16* out, float* lse2, const bf16* qkv,
+                                                                                const int* key_tokens, int T_, int NH,
+                                                                                float scale) {
+    __shared__ FlashTile<HS> q_tile, k_tile, v_tile;
+    const int blocks = gridDim.x, q_block = blocks - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int C = NH * HS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const bf16* q_base = qkv + (long)b * T_ * 3 * C + h * HS;
+    const int* tokens = key_tokens ? key_tokens + (long)b * T_ : nullptr;
+    const int q0 = q_block * FLASH_ROWS;
+    const int rows[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
+    const float scale_log2 = scale * FLASH_LOG2E;
+    q_tile.load(q_base, 3L * C, q0, T_);
+    __syncthreads();
+    uint32_t q[HS / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) q_tile.a_fragment(q[kk], warp * 16, kk);
+    float o[HS / 8][4] = {};
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // row_sum: this thread's columns
+    int key_blocks = key_tokens ? blocks : q_block + 1;
+    for (int kb = 0; kb < key_blocks; kb++) {
+        __syncthreads();  // every warp is done with the previous k and v tiles
+        k_tile.load(q_base + C, 3L * C, kb * FLASH_ROWS, T_);
+        v_tile.load(q_base + 2 * C, 3L * C, kb * FLASH_ROWS, T_);
+        __syncthreads();
+        float s[8][4];
+        flash_scores<HS>(s, q, k_tile);
+        float block_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = kb * FLASH_ROWS + nt * 8 + 2 * (lane % 4) + e % 2;
+                s[nt][e] = flash_visible(rows[e / 2], key, T_, tokens) ? s[nt][e] * scale_log2 : -INFINITY;
+                block_max[e / 2] = fmaxf(block_max[e / 2], s[nt][e]);
+            }
+        float rescale[2], subtract[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {  // the 4 threads of a quad hold one row's 64 columns
+            block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 1));
+            block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 2));
+            float new_max = fmaxf(row_max[i], block_max[i]);
+            subtract[i] = new_max == -INFINITY ? 0.0f : new_max;  // a row with nothing visible yet stays 0
+            rescale[i] = exp2f(row_max[i] - subtract[i]);
+            row_max[i] = new_max;
+            row_sum[i] *= rescale[i];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[nt][e] = exp2f(s[nt][e] - subtract[e / 2]);
+                row_sum[e / 2] += s[nt][e];
+            }
+#pragma unroll
+        for (int dt = 0; dt < HS / 8; dt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[dt][e] *= rescale[e / 2];
+        flash_accumulate<HS>(o, s, v_tile);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
+        row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
+        if (rows[i] >= T_) continue;
+        float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;  // no visible key: output 0
+        bf16* y = out + ((long)b * T_ + rows[i]) * C + h * HS;
+#pragma unroll
+        for (int dt = 0; dt < HS / 8; dt++) {
+            *reinterpret_cast<uint32_t*>(y + dt * 8 + 2 * (lane % 4)) =
+                pack_bf16x2(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+        }
+        if (lane % 4 == 0) {  // +inf for an empty row makes every recomputed probability exp2(-inf) = 0
+            lse2[((long)b * NH + h) * T_ + rows[i]] = row_sum[i] > 0.0f ? row_max[i] + log2f(row_sum[i]) : INFINITY;
+        }
+    }
+}
+
+// dot (B, NH, T) = Σ_d dout·out per query row and head, in FP32 (the softmax backward's row term);
+// one thread per (batch, token, head)
+template <int HS>
+__global__ void flash_attention_dot_kernel(float* dot, const bf16* dout, const bf16* out, int B, int T_, int NH) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)B * T_ * NH) return;
+    int h = i % NH;
+    long bt = i / NH;
+    const uint4* g = reinterpret_cast<const uint4*>(dout + bt * NH * HS + h * HS);
+    const uint4* y = reinterpret_cast<const uint4*>(out + bt * NH * HS + h * HS);
+    float sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < HS / 8; c++) {
+        float gv[8], yv[8];
+        unpack_bf16x8(gv, g[c]);
+        unpack_bf16x8(yv, y[c]);
+#pragma unroll
+        for (int j = 0; j < 8; j++) sum += gv[j] * yv[j];
+    }
+    long b = bt / T_, t = bt % T_;
+    dot[(b * NH + h) * T_ + t] = sum;
+}
+
+// dK, dV of one 64-key block: one block per (key block, head, batch row); each warp owns 16 keys and walks
+// the query blocks that see them, recomputing Pᵀ = exp2(K·Qᵀ·scale − lse2) and dPᵀ = V·dOᵀ in registers
+template <int HS>
+__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_kernel(
+    bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse2, const float* dot, const int* key_tokens, int T_,
+    int NH, float scale) {
+    __shared__ FlashTile<HS> q_tile, dout_tile, kv_tile;
+    __shared__ float lse_s[FLASH_ROWS], dot_s[FLASH_ROWS];
+    const int blocks = gridDim.x, kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int C = NH * HS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const bf16* q_base = qkv + (long)b * T_ * 3 * C + h * HS;
+    const bf16* dout_base = dout + (long)b * T_ * C + h * HS;
+    const float* lse_row = lse2 + ((long)b * NH + h) * T_;
+    const float* dot_row = dot + ((long)b * NH + h) * T_;
+    const int* tokens = key_tokens ? key_tokens + (long)b * T_ : nullptr;
+    const int k0 = kb * FLASH_ROWS;
+    const int keys[2] = {k0 + warp * 16 + lane / 4, k0 + warp * 16 + lane / 4 + 8};
+    const float scale_log2 = scale * FLASH_LOG2E;
+    uint32_t k[HS / 16][4], v[HS / 16][4];  // this warp's 16 keys and values as A operands
+    kv_tile.load(q_base + C, 3L * C, k0, T_);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(k[kk], warp * 16, kk);
+    __syncthreads();
+    kv_tile.load(q_base + 2 * C, 3L * C, k0, T_);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(v[kk], warp * 16, kk);
+    float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
+    for (int qb = key_tokens ? 0 : kb; qb < blocks; qb++) {
+        const int q0 = qb * FLASH_ROWS;
+        __syncthreads();  // every warp is done with the previous query block's tiles
+        q_tile.load(q_base, 3L * C, q0, T_);
+        dout_tile.load(dout_base, C, q0, T_);
+        if (threadIdx.x < FLASH_ROWS) {
+            bool real = q0 + threadIdx.x < T_;
+            lse_s[threadIdx.x] = real ? lse_row[q0 + threadIdx.x] : INFINITY;
+            dot_s[threadIdx.x] = real ? dot_row[q0 + threadIdx.x] : 0.0f;
+        }
+        __syncthreads();
+        float p[8][4], dp[8][4];
+        flash_scores<HS>(p, k, q_tile);      // Sᵀ: rows = keys, columns = queries
+        flash_scores<HS>(dp, v, dout_tile);  // dPᵀ = V·dOᵀ
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int column = nt * 8 + 2 * (lane % 4) + e % 2;
+                bool visible = flash_visible(q0 + column, keys[e / 2], T_, tokens) && q0 + column < T_;
+                p[nt][e] = visible ? exp2f(p[nt][e] * scale_log2 - lse_s[column]) : 0.0f;
+                dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[column]);  // dSᵀ
+            }
+        flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
+        flash_accumulate<HS>(dk, dp, q_tile);    // dK += dSᵀ·Q (scaled below)
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (keys[i] >= T_) continue;
+        bf16* row = dqkv + ((long)b * T_ + keys[i]) * 3 * C + h * HS;
+#pragma unroll
+        for (int dt = 0; dt < HS / 8; dt++) {
+            int col = dt * 8 + 2 * (lane % 4);
+            *reinterpret_cast<uint32_t*>(row + C + col) = pack_bf16x2(dk[dt][2 * i] * scale, dk[dt][2 * i + 1] * scale);
+            *reinterpret_cast<uint32_t*>(row + 2 * C + col) = pack_bf16x2(dv[dt][2 * i], dv[dt][2 * i + 1]);
+        }
+    }
+}
+
+// dQ of one 64-query block: one block per (query block, head, batch row), heaviest first; each warp owns 16
+// queries and walks the key blocks they see, recomputing P and dP = dO·Vᵀ in registers
+template <int HS>
+__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kernel(
+    bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse2, const float* dot, const int* key_tokens, int T_,
+    int NH, float scale) {
+    __shared__ FlashTile<HS> k_tile, v_tile, staging;
+    const int blocks = gridDim.x, q_block = blocks - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int C = NH * HS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const bf16* q_base = qkv + (long)b * T_ * 3 * C + h * HS;
+    const int* tokens = key_tokens ? key_tokens + (long)b * T_ : nullptr;
+    const int q0 = q_block * FLASH_ROWS;
+    const int rows[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
+    const float scale_log2 = scale * FLASH_LOG2E;
+    float row_lse[2], row_dot[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        long index = ((long)b * NH + h) * T_ + rows[i];
+        row_lse[i] = rows[i] < T_ ? lse2[index] : INFINITY;
+        row_dot[i] = rows[i] < T_ ? dot[index] : 0.0f;
+    }
+    uint32_t q[HS / 16][4], g[HS / 16][4];  // this warp's 16 queries and output gradients as A operands
+    staging.load(q_base, 3L * C, q0, T_);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(q[kk], warp * 16, kk);
+    __syncthreads();
+    staging.load(dout + (long)b * T_ * C + h * HS, C, q0, T_);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(g[kk], warp * 16, kk);
+    float dq[HS / 8][4] = {};
+    int key_blocks = key_tokens ? blocks : q_block + 1;
+    for (int kb = 0; kb < key_blocks; kb++) {
+        __syncthreads();
+        k_tile.load(q_base + C, 3L * C, kb * FLASH_ROWS, T_);
+        v_tile.load(q_base + 2 * C, 3L * C, kb * FLASH_ROWS, T_);
+        __syncthreads();
+        float p[8][4], ds[8][4];
+        flash_scores<HS>(p, q, k_tile);
+        flash_scores<HS>(ds, g, v_tile);  // dP = dO·Vᵀ
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = kb * FLASH_ROWS + nt * 8 + 2 * (lane % 4) + e % 2;
+                float prob = flash_visible(rows[e / 2], key, T_, tokens) ? exp2f(p[nt][e] * scale_log2 - row_lse[e / 2]) : 0.0f;
+                ds[nt][e] = prob * (ds[nt][e] - row_dot[e / 2]);
+            }
+        flash_accumulate<HS>(dq, ds, k_tile);  // dQ += dS·K (scaled below)
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (rows[i] >= T_) continue;
+        bf16* row = dqkv + ((long)b * T_ + rows[i]) * 3 * C + h * HS;
+#pragma unroll
+        for (int dt = 0; dt < HS / 8; dt++) {
+            *reinterpret_cast<uint32_t*>(row + dt * 8 + 2 * (lane % 4)) =
+                pack_bf16x2(dq[dt][2 * i] * scale, dq[dt][2 * i + 1] * scale);
+        }
+    }
+}
+
+// the head sizes the kernels are built for (the trainer's other shapes, and FP32 mode, take the cuBLASLt path)
+inline bool flash_attention_supported(int hs) { return hs == 16 || hs == 32 || hs == 64; }
+
+#define FLASH_DISPATCH(hs, launch) \
+    switch (hs) {                  \
+        case 16: launch(16); break; \
+        case 32: launch(32); break; \
+        default: launch(64); break; \
+    }
+
+// out (B, T, C), lse2 (B, NH, T) = attention of qkv (B, T, 3C)
+inline void flash_attention_forward(bf16* out, float* lse2, const bf16* qkv, const int* key_tokens, int B, int T_,
+                                    int C, int NH, cudaStream_t stream) {
+    int hs = C / NH;
+    dim3 grid(CEIL_DIV(T_, FLASH_ROWS), NH, B);
+    float scale = 1.0f / sqrtf((float)hs);
+#define LAUNCH(HS) flash_attention_forward_kernel<HS><<<grid, FLASH_THREADS, 0, stream>>>(out, lse2, qkv, key_tokens, T_, NH, scale)
+    FLASH_DISPATCH(hs, LAUNCH)
+#undef LAUNCH
+    cudaCheck(cudaGetLastError());
+}
+
+// dqkv (B, T, 3C) from dout (B, T, C), the forward's out and lse2; dot: (B, NH, T) FP32 scratch
+inline void flash_attention_backward(bf16* dqkv, float* dot, const bf16* dout, const bf16* out, const bf16* qkv,
+                                     const float* lse2, const int* key_tokens, int B, int T_, int C, int NH,
+                                     cudaStream_t stream) {
+    int hs = C / NH;
+    dim3 grid(CEIL_DIV(T_, FLASH_ROWS), NH, B);
+    float scale = 1.0f / sqrtf((float)hs);
+    long rows = (long)B * T_ * NH;
+#define LAUNCH(HS)                                                                                                    \
+    flash_attention_dot_kernel<HS><<<CEIL_DIV(rows, 256), 256, 0, stream>>>(dot, dout, out, B, T_, NH);             \
+    flash_attention_backward_kv_kernel<HS><<<grid, FLASH_THREADS, 0, stream>>>(dqkv, qkv, dout, lse2, dot, key_tokens, \
+                                                                               T_, NH, scale);                      \
+    flash_attention_backward_q_kernel<HS><<<grid, FLASH_THREADS, 0, stream>>>(dqkv, qkv, dout, lse2, dot, key_tokens, \
+                                                                              T_, NH, scale)
+    FLASH_DISPATCH(hs, LAUNCH)
+#undef LAUNCH
+    cudaCheck(cudaGetLastError());
+}
