@@ -6,6 +6,7 @@
 # PRECISION=int4 measures the INT4 mode; MODELS="d12:32" picks shapes; STEPS (default 30) the step count.
 # The anchors to compare with (same H100 kind, issue 8): PyTorch 2.11 torch.compile 487,300 / 176,300 /
 # 75,100 tok/s; llm.c without cuDNN 327,800 / 122,200 / 56,900; llm.c with cuDNN 522,000 / 191,600 / 84,100.
+# On another GPU, scripts/bench_pytorch.py measures the PyTorch side on it (the ratio that means something).
 set -eu
 cd "$(dirname "$0")/.."
 if [ "${PART:-all}" != train ]; then
