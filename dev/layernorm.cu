@@ -25,21 +25,18 @@ version 4: version 3 with 64-row chunks: 4x the blocks (16384 rows of 1600 in 25
            and barely faster at 16384 x 1600 (0.279 vs 0.296 ms), where both lose to version 2 (0.116 ms): a
            lane's column sums for C = 1600 (8 vectors) do not fit in registers. (An earlier version 4, 128-row
            chunks capped at 128 registers per thread, was slower still: spills.)
-The fallback for C not a multiple of the vector width (or unaligned pointers) in versions 2 and 3: the same layout with scalar loads.
-
-Version 3 is kernels/layernorm.h's (same kernels, same 256-row chunks).
+The fallback for C not a multiple of the vector width (or unaligned pointers) in versions 2 to 4: the same layout with
+scalar loads. Versions 2 to 4 run kernels/layernorm.h's code (version 3 is exactly the trainer's layernorm_backward;
+versions 2 and 4 reuse its forward, row function and backward kernel); version 1 is kept here as it was.
 */
 #include <math.h>
 #include <string.h>
-#include <initializer_list>
 #include <type_traits>
 #include <vector>
 #include "../kernels/common.h"
-#include "timing.h"
+#include "../kernels/layernorm.h"
 #include "../kernels/rng.h"
-
-#define LAYERNORM_EPS 1e-5f
-#define FULL_MASK 0xffffffffu
+#include "timing.h"
 
 // ----------------------------------------------------------------------------------------------------------------
 // CPU reference: the formulas above, each row's sums in double (the GPU's FP32 sums are compared against it)
@@ -95,14 +92,6 @@ void layernorm_backward_cpu(float* dinp, float* dweight, float* dbias, float* di
         dweight[c] += (float)sum_w[c];
         dbias[c] += (float)sum_b[c];
     }
-}
-
-// ----------------------------------------------------------------------------------------------------------------
-// Shared device helpers
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(FULL_MASK, v, offset);
-    return v;
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -198,312 +187,49 @@ __global__ void layernorm_param_finish_kernel1(float* dweight, float* dbias, con
 }
 
 // ----------------------------------------------------------------------------------------------------------------
-// Versions 2 and 3: a warp's row in registers. Lane l holds the 16-byte vectors l, l + 32, ..., l + 32·(V−1) of the
-// row as loaded (V uint4: 8 bf16 or 4 floats each, so BF16 rows take half the registers of FP32 copies), value k of
-// vector i being column (i·32 + l)·VEC + k. Vectors past the row's end hold zeros.
+// Versions 2 to 4: a warp's row in registers, with kernels/layernorm.h's helpers (lane l holds the 16-byte vectors
+// l, l + 32, ... of its row). Version 2's forward is kernels/layernorm.h's; versions 3 and 4 are its backward with
+// 256- and 64-row chunks.
 
-template <typename T> constexpr int vec_width() { return 16 / (int)sizeof(T); }
-
-// the first column of the lane's vector i
-template <typename T>
-__device__ __forceinline__ int row_vector_column(int i) { return (i * 32 + (int)threadIdx.x % 32) * vec_width<T>(); }
-
-__device__ __forceinline__ uint32_t uint4_word(uint4 v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
-
-// value k of a vector as FP32 (exact: a BF16 is the top half of its FP32 value)
-template <typename T>
-__device__ __forceinline__ float row_vector_value(uint4 v, int k) {
-    if constexpr (std::is_same_v<T, float>) {
-        return __uint_as_float(uint4_word(v, k));
-    } else {
-        uint32_t word = uint4_word(v, k / 2);
-        return __uint_as_float(k % 2 == 0 ? word << 16 : word & 0xffff0000u);
-    }
-}
-
-// two FP32 values rounded to BF16 and packed, the first in the low half
-__device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
-
-// VEC FP32 values rounded to T, as one vector
-template <typename T>
-__device__ __forceinline__ uint4 pack_row_vector(const float (&x)[vec_width<T>()]) {
-    if constexpr (std::is_same_v<T, float>) {
-        return make_uint4(__float_as_uint(x[0]), __float_as_uint(x[1]), __float_as_uint(x[2]), __float_as_uint(x[3]));
-    } else {
-        return make_uint4(bf16x2_bits(x[0], x[1]), bf16x2_bits(x[2], x[3]), bf16x2_bits(x[4], x[5]), bf16x2_bits(x[6], x[7]));
-    }
-}
-
-// the lane's V vectors of a row of C values; `vectorized`: C is a multiple of VEC and the row 16-byte aligned, so a
-// vector lies wholly inside the row or wholly past it (one 16-byte load); else VEC scalar loads (any C)
-template <typename T, int V>
-__device__ __forceinline__ void load_row_vectors(uint4 (&v)[V], const T* row, int C, bool vectorized) {
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-        int c0 = row_vector_column<T>(i);
-        if (vectorized) {
-            v[i] = c0 < C ? *reinterpret_cast<const uint4*>(row + c0) : make_uint4(0, 0, 0, 0);
-        } else {
-            float x[vec_width<T>()];
-#pragma unroll
-            for (int k = 0; k < vec_width<T>(); k++) x[k] = c0 + k < C ? to_float(row[c0 + k]) : 0.0f;
-            v[i] = pack_row_vector<T>(x);
-        }
-    }
-}
-
-// the columns below C of the lane's vector i, rounded to T
-template <typename T>
-__device__ __forceinline__ void store_row_vector(T* row, int i, const float (&x)[vec_width<T>()], int C, bool vectorized) {
-    int c0 = row_vector_column<T>(i);
-    if (vectorized) {
-        if (c0 < C) *reinterpret_cast<uint4*>(row + c0) = pack_row_vector<T>(x);
-    } else {
-#pragma unroll
-        for (int k = 0; k < vec_width<T>(); k++) {
-            if (c0 + k < C) row[c0 + k] = from_float<T>(x[k]);
-        }
-    }
-}
-
-// v2: out = norm·weight + bias, mean and rstd per row; one warp per row held in registers (V vectors per lane)
-template <typename T, int V>
-__global__ void layernorm_forward_kernel2(T* out, float* mean, float* rstd, const T* inp, const T* weight,
-                                          const T* bias, int N, int C, bool vectorized) {
-    constexpr int VEC = vec_width<T>();
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= N) return;
-    uint4 x[V], w[V], b[V];
-    load_row_vectors<T, V>(x, inp + (long)row * C, C, vectorized);
-    load_row_vectors<T, V>(w, weight, C, vectorized);
-    load_row_vectors<T, V>(b, bias, C, vectorized);
-    float sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) sum += row_vector_value<T>(x[i], k);
-    }
-    float m = warp_sum(sum) / C;
-    float sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) {
-            float d = row_vector_column<T>(i) + k < C ? row_vector_value<T>(x[i], k) - m : 0.0f;
-            sq += d * d;
-        }
-    }
-    float s = rsqrtf(warp_sum(sq) / C + LAYERNORM_EPS);
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-        float y[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; k++) {
-            y[k] = (row_vector_value<T>(x[i], k) - m) * s * row_vector_value<T>(w[i], k) + row_vector_value<T>(b[i], k);
-        }
-        store_row_vector<T>(out + (long)row * C, i, y, C, vectorized);
-    }
-    if (threadIdx.x % 32 == 0) { mean[row] = m; rstd[row] = s; }
-}
-
-// v2: dinp += rstd·(dnorm − mean(dnorm) − norm·mean(dnorm·norm)); one warp per row, its dout, inp, dinp and the
-// weight in registers (V vectors per lane), each read once
+// v2: dinp only (kernels/layernorm.h's layernorm_backward_row, its column sums unused); one warp per row
 template <typename T, int V>
 __global__ void layernorm_backward_input_kernel2(T* dinp, const T* dout, const T* inp, const T* weight,
                                                  const float* mean, const float* rstd, int N, int C, bool vectorized) {
-    constexpr int VEC = vec_width<T>();
+    constexpr int VEC = layernorm_vec_width<T>();
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
-    uint4 dy[V], x[V], dx[V], w[V];
-    load_row_vectors<T, V>(dy, dout + (long)row * C, C, vectorized);
-    load_row_vectors<T, V>(x, inp + (long)row * C, C, vectorized);
-    load_row_vectors<T, V>(dx, dinp + (long)row * C, C, vectorized);
-    load_row_vectors<T, V>(w, weight, C, vectorized);
-    float m = mean[row], s = rstd[row];
-    float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;  // columns past C add 0: their dout is 0
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) {
-            float dnorm = row_vector_value<T>(dy[i], k) * row_vector_value<T>(w[i], k);
-            sum_dnorm += dnorm;
-            sum_dnorm_norm += dnorm * ((row_vector_value<T>(x[i], k) - m) * s);
-        }
-    }
-    float mean_dnorm = warp_sum(sum_dnorm) / C, mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-        float y[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; k++) {
-            float dnorm = row_vector_value<T>(dy[i], k) * row_vector_value<T>(w[i], k);
-            float norm = (row_vector_value<T>(x[i], k) - m) * s;
-            y[k] = row_vector_value<T>(dx[i], k) + s * (dnorm - mean_dnorm - norm * mean_dnorm_norm);
-        }
-        store_row_vector<T>(dinp + (long)row * C, i, y, C, vectorized);
-    }
-}
-
-#define WARPS3 8             // warps per block in version 3
-#define ROWS_PER_CHUNK3 256  // rows per block (and per partial row) in version 3: the scratch of version 1
-#define ROWS_PER_CHUNK4 64   // in version 4: 4x the blocks, for sizes where 256-row chunks leave SMs idle
-#define FINISH_THREADS_Y 16  // threads per column in version 3's finish
-
-// v3, v4: version 2's dinp, plus partials[chunk][c] = Σ_rows dout·norm (first n_chunks*C floats) and Σ_rows dout
-// (next n_chunks*C) per ROWS-row chunk; one block per chunk, warp w taking rows w, w + 8, ... and summing its columns
-// in registers, then the 8 warps' sums added in warp order in shared memory (2·C floats)
-template <typename T, int V, int ROWS, int MIN_BLOCKS>
-__global__ void __launch_bounds__(32 * WARPS3, MIN_BLOCKS) layernorm_backward_fused_kernel3(T* dinp, float* partials, const T* dout, const T* inp,
-                                                 const T* weight, const float* mean, const float* rstd, int N, int C,
-                                                 bool vectorized) {
-    constexpr int VEC = vec_width<T>();
-    extern __shared__ float block_sums[];  // Σ dout·norm at [0, C), Σ dout at [C, 2C)
-    int warp = threadIdx.x / 32;
     uint4 w[V];
     load_row_vectors<T, V>(w, weight, C, vectorized);
-    float sum_w[V][VEC], sum_b[V][VEC];
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) sum_w[i][k] = sum_b[i][k] = 0.0f;
-    }
-    int row_end = min(((int)blockIdx.x + 1) * ROWS, N);
-    for (int row = (int)blockIdx.x * ROWS + warp; row < row_end; row += WARPS3) {
-        uint4 dy[V], x[V], dx[V];
-        load_row_vectors<T, V>(dy, dout + (long)row * C, C, vectorized);
-        load_row_vectors<T, V>(x, inp + (long)row * C, C, vectorized);
-        load_row_vectors<T, V>(dx, dinp + (long)row * C, C, vectorized);
-        float m = mean[row], s = rstd[row];
-        float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-#pragma unroll
-            for (int k = 0; k < VEC; k++) {
-                float dout_value = row_vector_value<T>(dy[i], k);
-                float norm = (row_vector_value<T>(x[i], k) - m) * s;
-                float dnorm = dout_value * row_vector_value<T>(w[i], k);
-                sum_dnorm += dnorm;
-                sum_dnorm_norm += dnorm * norm;
-                sum_w[i][k] += dout_value * norm;
-                sum_b[i][k] += dout_value;
-            }
-        }
-        float mean_dnorm = warp_sum(sum_dnorm) / C, mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-            float y[VEC];
-#pragma unroll
-            for (int k = 0; k < VEC; k++) {
-                float dnorm = row_vector_value<T>(dy[i], k) * row_vector_value<T>(w[i], k);
-                float norm = (row_vector_value<T>(x[i], k) - m) * s;
-                y[k] = row_vector_value<T>(dx[i], k) + s * (dnorm - mean_dnorm - norm * mean_dnorm_norm);
-            }
-            store_row_vector<T>(dinp + (long)row * C, i, y, C, vectorized);
-        }
-    }
-    for (int turn = 0; turn < WARPS3; turn++) {
-        if (warp == turn) {
-#pragma unroll
-            for (int i = 0; i < V; i++) {
-#pragma unroll
-                for (int k = 0; k < VEC; k++) {
-                    int c = row_vector_column<T>(i) + k;
-                    if (c < C) {
-                        block_sums[c] = turn == 0 ? sum_w[i][k] : block_sums[c] + sum_w[i][k];
-                        block_sums[C + c] = turn == 0 ? sum_b[i][k] : block_sums[C + c] + sum_b[i][k];
-                    }
-                }
-            }
-        }
-        __syncthreads();
-    }
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        partials[(long)blockIdx.x * C + c] = block_sums[c];
-        partials[(long)(gridDim.x + blockIdx.x) * C + c] = block_sums[C + c];
-    }
+    float unused_w[V][VEC] = {}, unused_b[V][VEC] = {};
+    layernorm_backward_row<T, V>(dinp + (long)row * C, dout + (long)row * C, inp + (long)row * C, w, mean[row],
+                                 rstd[row], C, vectorized, unused_w, unused_b);
 }
 
-// v3: dweight += Σ_chunks partials, dbias likewise; a block of 32 x 16 threads per 32 columns, thread (x, y) summing
-// chunks y, y + 16, ... of column x, then thread (x, 0) adding the 16 sums in order
-__global__ void layernorm_param_finish_kernel3(float* dweight, float* dbias, const float* partials, int n_chunks, int C) {
-    __shared__ float tile_w[FINISH_THREADS_Y][33], tile_b[FINISH_THREADS_Y][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
-    float sum_w = 0.0f, sum_b = 0.0f;
-    if (c < C) {
-        for (int k = threadIdx.y; k < n_chunks; k += FINISH_THREADS_Y) {
-            sum_w += partials[(long)k * C + c];
-            sum_b += partials[(long)(n_chunks + k) * C + c];
-        }
-    }
-    tile_w[threadIdx.y][threadIdx.x] = sum_w;
-    tile_b[threadIdx.y][threadIdx.x] = sum_b;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        for (int y = 1; y < FINISH_THREADS_Y; y++) { sum_w += tile_w[y][threadIdx.x]; sum_b += tile_b[y][threadIdx.x]; }
-        dweight[c] += sum_w;
-        dbias[c] += sum_b;
-    }
-}
+#define ROWS_PER_CHUNK4 64  // version 4: 4x the blocks of kernels/layernorm.h's 256-row chunks
 
 // ----------------------------------------------------------------------------------------------------------------
 // Launchers
 
-// calls launch(std::integral_constant<int, V>()) with the smallest V in {1, 2, 3, 4, 6, 8, 12, 16} such that V
-// vectors per lane cover a row of C values; C above 512·VEC (4096 bf16, 2048 floats) is refused
-template <typename T, typename Launch>
-void with_row_vectors_per_lane(int C, Launch launch) {
-    int needed = CEIL_DIV(CEIL_DIV(C, vec_width<T>()), 32);
-    if (needed <= 1) launch(std::integral_constant<int, 1>());
-    else if (needed <= 2) launch(std::integral_constant<int, 2>());
-    else if (needed <= 3) launch(std::integral_constant<int, 3>());
-    else if (needed <= 4) launch(std::integral_constant<int, 4>());
-    else if (needed <= 6) launch(std::integral_constant<int, 6>());
-    else if (needed <= 8) launch(std::integral_constant<int, 8>());
-    else if (needed <= 12) launch(std::integral_constant<int, 12>());
-    else if (needed <= 16) launch(std::integral_constant<int, 16>());
-    else {
-        fprintf(stderr, "layernorm: C = %d is above the %d values a warp holds in registers\n", C, 512 * vec_width<T>());
-        exit(EXIT_FAILURE);
-    }
-}
-
-// 16-byte loads are possible: C a multiple of the vector width and every row pointer 16-byte aligned
 template <typename T>
-bool rows_vectorizable(int C, std::initializer_list<const void*> pointers) {
-    if (C % vec_width<T>() != 0) return false;
-    for (const void* p : pointers) {
-        if ((uintptr_t)p % 16 != 0) return false;
-    }
-    return true;
-}
-
-template <typename T>
-void layernorm_forward(int version, T* out, float* mean, float* rstd, const T* inp, const T* weight, const T* bias,
+void run_layernorm_forward(int version, T* out, float* mean, float* rstd, const T* inp, const T* weight, const T* bias,
                        int N, int C) {
     if (version == 1) {
         layernorm_forward_kernel1<<<CEIL_DIV(N, 8), 256>>>(out, mean, rstd, inp, weight, bias, N, C);
     } else {
-        bool vectorized = rows_vectorizable<T>(C, {out, inp, weight, bias});
-        with_row_vectors_per_lane<T>(C, [&](auto vectors) {
-            constexpr int V = decltype(vectors)::value;
-            layernorm_forward_kernel2<T, V><<<CEIL_DIV(N, 8), 256>>>(out, mean, rstd, inp, weight, bias, N, C, vectorized);
-        });
+        layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, 0);
     }
     cudaCheck(cudaGetLastError());
 }
 
 // floats of scratch a version needs
 size_t backward_scratch_floats(int version, int N, int C) {
-    return 2 * (size_t)CEIL_DIV(N, version == 4 ? ROWS_PER_CHUNK4 : ROWS_PER_CHUNK1) * C;
+    return 2 * (size_t)CEIL_DIV(N, version == 4 ? ROWS_PER_CHUNK4 : LAYERNORM_ROWS_PER_CHUNK) * C;
 }
 
 template <typename T>
-void layernorm_backward(int version, T* dinp, float* dweight, float* dbias, const T* dout, const T* inp,
+void run_layernorm_backward(int version, T* dinp, float* dweight, float* dbias, const T* dout, const T* inp,
                         const T* weight, const float* mean, const float* rstd, int N, int C, float* scratch) {
-    bool vectorized = rows_vectorizable<T>(C, {dinp, dout, inp, weight});
+    bool vectorized = layernorm_vectorizable<T>(C, dinp, dout, inp, weight);
     if (version == 1 || version == 2) {
         if (version == 1) {
             layernorm_backward_input_kernel1<<<CEIL_DIV(N, 8), 256>>>(dinp, dout, inp, weight, mean, rstd, N, C);
@@ -520,22 +246,18 @@ void layernorm_backward(int version, T* dinp, float* dweight, float* dbias, cons
                                                                                           rstd, N, C);
         cudaCheck(cudaGetLastError());
         layernorm_param_finish_kernel1<<<CEIL_DIV(C, 256), 256>>>(dweight, dbias, scratch, n_chunks, C);
+    } else if (version == 3) {
+        layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C, scratch, 0);
     } else {
-        int n_chunks = CEIL_DIV(N, version == 3 ? ROWS_PER_CHUNK3 : ROWS_PER_CHUNK4);
-        size_t shared_bytes = 2 * (size_t)C * sizeof(float);
+        int n_chunks = CEIL_DIV(N, ROWS_PER_CHUNK4);
         with_row_vectors_per_lane<T>(C, [&](auto vectors) {
             constexpr int V = decltype(vectors)::value;
-            if (version == 3) {
-                layernorm_backward_fused_kernel3<T, V, ROWS_PER_CHUNK3, 1><<<n_chunks, 32 * WARPS3, shared_bytes>>>(
-                    dinp, scratch, dout, inp, weight, mean, rstd, N, C, vectorized);
-            } else {
-                layernorm_backward_fused_kernel3<T, V, ROWS_PER_CHUNK4, 1><<<n_chunks, 32 * WARPS3, shared_bytes>>>(
-                    dinp, scratch, dout, inp, weight, mean, rstd, N, C, vectorized);
-            }
+            layernorm_backward_kernel<T, V, ROWS_PER_CHUNK4><<<n_chunks, 32 * LAYERNORM_WARPS, 2 * C * sizeof(float)>>>(
+                dinp, scratch, dout, inp, weight, mean, rstd, N, C, vectorized);
         });
         cudaCheck(cudaGetLastError());
-        layernorm_param_finish_kernel3<<<CEIL_DIV(C, 32), dim3(32, FINISH_THREADS_Y)>>>(dweight, dbias, scratch,
-                                                                                        n_chunks, C);
+        layernorm_param_finish_kernel<<<CEIL_DIV(C, 32), dim3(32, LAYERNORM_FINISH_THREADS_Y)>>>(dweight, dbias,
+                                                                                               scratch, n_chunks, C);
     }
     cudaCheck(cudaGetLastError());
 }
@@ -640,7 +362,7 @@ bool check_version(int version, int N, int C) {
     cudaCheck(cudaMalloc(&d_out, n * sizeof(T)));
     cudaCheck(cudaMalloc(&d_mean, N * sizeof(float)));
     cudaCheck(cudaMalloc(&d_rstd, N * sizeof(float)));
-    layernorm_forward<T>(version, d_out, d_mean, d_rstd, inp.device, weight.device, bias.device, N, C);
+    run_layernorm_forward<T>(version, d_out, d_mean, d_rstd, inp.device, weight.device, bias.device, N, C);
     std::vector<double> out_scale(n), mean_scale(N), rstd_scale(N);
     for (int r = 0; r < N; r++) {
         double abs_sum = 0.0;
@@ -679,7 +401,7 @@ bool check_version(int version, int N, int C) {
         T* d_dinp = upload<T>(dinp0.host);
         float* d_dweight = upload<float>(dweight_start);
         float* d_dbias = upload<float>(dbias_start);
-        layernorm_backward<T>(version, d_dinp, d_dweight, d_dbias, dout.device, inp.device, weight.device, d_mean,
+        run_layernorm_backward<T>(version, d_dinp, d_dweight, d_dbias, dout.device, inp.device, weight.device, d_mean,
                               d_rstd, N, C, scratch);
         results[run][0] = download(d_dinp, n);
         results[run][1] = download(d_dweight, C);
@@ -749,11 +471,11 @@ void benchmark(int version, int N, int C) {
     cudaCheck(cudaMemset(dbias, 0, C * sizeof(float)));
     float forward_ms = mean_launch_ms([&](int i) {
         int c = i % copies;
-        layernorm_forward<T>(version, outs[c], mean, rstd, inps[c], weight.device, bias.device, N, C);
+        run_layernorm_forward<T>(version, outs[c], mean, rstd, inps[c], weight.device, bias.device, N, C);
     }, 3, 50);
     float backward_ms = mean_launch_ms([&](int i) {
         int c = i % copies;
-        layernorm_backward<T>(version, dinps[c], dweight, dbias, douts[c], inps[c], weight.device, mean, rstd, N, C,
+        run_layernorm_backward<T>(version, dinps[c], dweight, dbias, douts[c], inps[c], weight.device, mean, rstd, N, C,
                               scratch);
     }, 3, 50);
     // bytes that must move: forward reads inp, writes out; backward reads dout, inp, dinp, writes dinp

@@ -105,6 +105,34 @@ template <typename T> struct alignas(16) Packed {
     __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<Packed*>(p) = *this; }
 };
 
+// out[i] = f(x) for i < n, x[j] = inputs[j][i] in FP32: thread t takes elements [t·P, t·P + P) with P the values
+// in 16 bytes, as one vector load per input and one vector store when `vectorized` (every pointer 16-byte aligned)
+template <typename T, int NIN, typename F>
+__device__ __forceinline__ void elementwise_packed(T* out, const T* const (&inputs)[NIN], long n, bool vectorized, F f) {
+    constexpr int P = Packed<T>::size;
+    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * P;
+    if (vectorized && i + P <= n) {
+        Packed<T> in[NIN], y;
+#pragma unroll
+        for (int j = 0; j < NIN; j++) in[j] = Packed<T>::load(inputs[j] + i);
+#pragma unroll
+        for (int k = 0; k < P; k++) {
+            float x[NIN];
+#pragma unroll
+            for (int j = 0; j < NIN; j++) x[j] = to_float(in[j].values[k]);
+            y.values[k] = from_float<T>(f(x));
+        }
+        y.store(out + i);
+    } else {
+        for (long end = i + P < n ? i + P : n; i < end; i++) {
+            float x[NIN];
+#pragma unroll
+            for (int j = 0; j < NIN; j++) x[j] = to_float(inputs[j][i]);
+            out[i] = from_float<T>(f(x));
+        }
+    }
+}
+
 // 8 BF16 values (16 bytes, element 0 in the lowest bits) widened to FP32: a BF16 is the top half of its FP32
 // value, so the shift is exact (what __bfloat162float does)
 __device__ __forceinline__ void unpack_bf16x8(float* out, uint4 bits) {

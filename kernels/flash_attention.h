@@ -127,6 +127,41 @@ __device__ __forceinline__ void flash_accumulate(float out[HS / 8][4], const flo
     }
 }
 
+// Where a thread block of the kernels below works, from its grid position (64-row block, head, batch row): the
+// block (heaviest causal blocks first if asked), the head's columns of qkv, the batch row's key tokens (BERT)
+// or null, and the two rows (g and g + 8 of the warp's 16) that this thread's accumulator values belong to
+template <int HS> struct FlashBlock {
+    int blocks, block, h, b, C, warp, lane, first_row;
+    int rows[2];
+    const bf16* q_base;
+    const int* tokens;
+    float scale_log2;
+    __device__ __forceinline__ FlashBlock(const bf16* qkv, const int* key_tokens, int T_, int NH, float scale,
+                                          bool heaviest_first)
+        : blocks(gridDim.x), block(heaviest_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x), h(blockIdx.y),
+          b(blockIdx.z), C(NH * HS), warp(threadIdx.x / 32), lane(threadIdx.x % 32), first_row(block * FLASH_ROWS),
+          q_base(qkv + (long)b * T_ * 3 * C + h * HS), tokens(key_tokens ? key_tokens + (long)b * T_ : nullptr),
+          scale_log2(scale * FLASH_LOG2E) {
+        rows[0] = first_row + warp * 16 + lane / 4;
+        rows[1] = rows[0] + 8;
+    }
+    // this thread's part of a 16 x HS accumulator, row i times scales[i], rounded to BF16 into the rows
+    // rows[i] < T_ of a tensor whose row t starts at base + t·stride
+    __device__ __forceinline__ void store(bf16* base, long stride, const float (&acc)[HS / 8][4],
+                                          const float (&scales)[2], int T_) const {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            if (rows[i] >= T_) continue;
+            bf16* row = base + rows[i] * stride;
+#pragma unroll
+            for (int dt = 0; dt < HS / 8; dt++) {
+                *reinterpret_cast<uint32_t*>(row + dt * 8 + 2 * (lane % 4)) =
+                    pack_bf16x2(acc[dt][2 * i] * scales[i], acc[dt][2 * i + 1] * scales[i]);
+            }
+        }
+    }
+};
+
 // Forward: out (B, T, C) and lse2 (B, NH, T) from qkv. One block per (64-query block, head, batch row), the
 // heaviest causal blocks first; each warp owns 16 queries and walks the key blocks with an online softmax.
 template <int HS>
@@ -134,25 +169,19 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(
                                                                                 const int* key_tokens, int T_, int NH,
                                                                                 float scale) {
     __shared__ FlashTile<HS> q_tile, k_tile, v_tile;
-    const int blocks = gridDim.x, q_block = blocks - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int C = NH * HS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const bf16* q_base = qkv + (long)b * T_ * 3 * C + h * HS;
-    const int* tokens = key_tokens ? key_tokens + (long)b * T_ : nullptr;
-    const int q0 = q_block * FLASH_ROWS;
-    const int rows[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
-    const float scale_log2 = scale * FLASH_LOG2E;
-    q_tile.load(q_base, 3L * C, q0, T_);
+    const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, true);
+    q_tile.load(f.q_base, 3L * f.C, f.first_row, T_);
     __syncthreads();
     uint32_t q[HS / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) q_tile.a_fragment(q[kk], warp * 16, kk);
+    for (int kk = 0; kk < HS / 16; kk++) q_tile.a_fragment(q[kk], f.warp * 16, kk);
     float o[HS / 8][4] = {};
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // row_sum: this thread's columns
-    int key_blocks = key_tokens ? blocks : q_block + 1;
+    int key_blocks = key_tokens ? f.blocks : f.block + 1;
     for (int kb = 0; kb < key_blocks; kb++) {
         __syncthreads();  // every warp is done with the previous k and v tiles
-        k_tile.load(q_base + C, 3L * C, kb * FLASH_ROWS, T_);
-        v_tile.load(q_base + 2 * C, 3L * C, kb * FLASH_ROWS, T_);
+        k_tile.load(f.q_base + f.C, 3L * f.C, kb * FLASH_ROWS, T_);
+        v_tile.load(f.q_base + 2 * f.C, 3L * f.C, kb * FLASH_ROWS, T_);
         __syncthreads();
         float s[8][4];
         flash_scores<HS>(s, q, k_tile);
@@ -161,8 +190,8 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int key = kb * FLASH_ROWS + nt * 8 + 2 * (lane % 4) + e % 2;
-                s[nt][e] = flash_visible(rows[e / 2], key, T_, tokens) ? s[nt][e] * scale_log2 : -INFINITY;
+                int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
+                s[nt][e] = flash_visible(f.rows[e / 2], key, T_, f.tokens) ? s[nt][e] * f.scale_log2 : -INFINITY;
                 block_max[e / 2] = fmaxf(block_max[e / 2], s[nt][e]);
             }
         float rescale[2], subtract[2];
@@ -189,22 +218,17 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(
             for (int e = 0; e < 4; e++) o[dt][e] *= rescale[e / 2];
         flash_accumulate<HS>(o, s, v_tile);
     }
+    float inv[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
         row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
-        if (rows[i] >= T_) continue;
-        float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;  // no visible key: output 0
-        bf16* y = out + ((long)b * T_ + rows[i]) * C + h * HS;
-#pragma unroll
-        for (int dt = 0; dt < HS / 8; dt++) {
-            *reinterpret_cast<uint32_t*>(y + dt * 8 + 2 * (lane % 4)) =
-                pack_bf16x2(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
-        }
-        if (lane % 4 == 0) {  // +inf for an empty row makes every recomputed probability exp2(-inf) = 0
-            lse2[((long)b * NH + h) * T_ + rows[i]] = row_sum[i] > 0.0f ? row_max[i] + log2f(row_sum[i]) : INFINITY;
+        inv[i] = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;  // no visible key: output 0
+        if (f.rows[i] < T_ && f.lane % 4 == 0) {  // +inf for an empty row: every recomputed probability is 0
+            lse2[((long)f.b * NH + f.h) * T_ + f.rows[i]] = row_sum[i] > 0.0f ? row_max[i] + log2f(row_sum[i]) : INFINITY;
         }
     }
+    f.store(out + (long)f.b * T_ * f.C + f.h * HS, f.C, o, inv, T_);
 }
 
 // dot (B, NH, T) = Σ_d dout·out per query row and head, in FP32 (the softmax backward's row term);
@@ -238,32 +262,26 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_ker
     int NH, float scale) {
     __shared__ FlashTile<HS> q_tile, dout_tile, kv_tile;
     __shared__ float lse_s[FLASH_ROWS], dot_s[FLASH_ROWS];
-    const int blocks = gridDim.x, kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int C = NH * HS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const bf16* q_base = qkv + (long)b * T_ * 3 * C + h * HS;
-    const bf16* dout_base = dout + (long)b * T_ * C + h * HS;
-    const float* lse_row = lse2 + ((long)b * NH + h) * T_;
-    const float* dot_row = dot + ((long)b * NH + h) * T_;
-    const int* tokens = key_tokens ? key_tokens + (long)b * T_ : nullptr;
-    const int k0 = kb * FLASH_ROWS;
-    const int keys[2] = {k0 + warp * 16 + lane / 4, k0 + warp * 16 + lane / 4 + 8};
-    const float scale_log2 = scale * FLASH_LOG2E;
+    const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, false);
+    const bf16* dout_base = dout + (long)f.b * T_ * f.C + f.h * HS;
+    const float* lse_row = lse2 + ((long)f.b * NH + f.h) * T_;
+    const float* dot_row = dot + ((long)f.b * NH + f.h) * T_;
     uint32_t k[HS / 16][4], v[HS / 16][4];  // this warp's 16 keys and values as A operands
-    kv_tile.load(q_base + C, 3L * C, k0, T_);
+    kv_tile.load(f.q_base + f.C, 3L * f.C, f.first_row, T_);
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(k[kk], warp * 16, kk);
+    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(k[kk], f.warp * 16, kk);
     __syncthreads();
-    kv_tile.load(q_base + 2 * C, 3L * C, k0, T_);
+    kv_tile.load(f.q_base + 2 * f.C, 3L * f.C, f.first_row, T_);
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(v[kk], warp * 16, kk);
+    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(v[kk], f.warp * 16, kk);
     float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
-    for (int qb = key_tokens ? 0 : kb; qb < blocks; qb++) {
+    for (int qb = key_tokens ? 0 : f.block; qb < f.blocks; qb++) {
         const int q0 = qb * FLASH_ROWS;
         __syncthreads();  // every warp is done with the previous query block's tiles
-        q_tile.load(q_base, 3L * C, q0, T_);
-        dout_tile.load(dout_base, C, q0, T_);
+        q_tile.load(f.q_base, 3L * f.C, q0, T_);
+        dout_tile.load(dout_base, f.C, q0, T_);
         if (threadIdx.x < FLASH_ROWS) {
             bool real = q0 + threadIdx.x < T_;
             lse_s[threadIdx.x] = real ? lse_row[q0 + threadIdx.x] : INFINITY;
@@ -277,25 +295,17 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_ker
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int column = nt * 8 + 2 * (lane % 4) + e % 2;
-                bool visible = flash_visible(q0 + column, keys[e / 2], T_, tokens) && q0 + column < T_;
-                p[nt][e] = visible ? exp2f(p[nt][e] * scale_log2 - lse_s[column]) : 0.0f;
+                int column = nt * 8 + 2 * (f.lane % 4) + e % 2;
+                bool visible = flash_visible(q0 + column, f.rows[e / 2], T_, f.tokens) && q0 + column < T_;
+                p[nt][e] = visible ? exp2f(p[nt][e] * f.scale_log2 - lse_s[column]) : 0.0f;
                 dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[column]);  // dSᵀ
             }
         flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
         flash_accumulate<HS>(dk, dp, q_tile);    // dK += dSᵀ·Q (scaled below)
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        if (keys[i] >= T_) continue;
-        bf16* row = dqkv + ((long)b * T_ + keys[i]) * 3 * C + h * HS;
-#pragma unroll
-        for (int dt = 0; dt < HS / 8; dt++) {
-            int col = dt * 8 + 2 * (lane % 4);
-            *reinterpret_cast<uint32_t*>(row + C + col) = pack_bf16x2(dk[dt][2 * i] * scale, dk[dt][2 * i + 1] * scale);
-            *reinterpret_cast<uint32_t*>(row + 2 * C + col) = pack_bf16x2(dv[dt][2 * i], dv[dt][2 * i + 1]);
-        }
-    }
+    bf16* dqkv_head = dqkv + (long)f.b * T_ * 3 * f.C + f.h * HS;
+    f.store(dqkv_head + f.C, 3L * f.C, dk, {scale, scale}, T_);
+    f.store(dqkv_head + 2 * f.C, 3L * f.C, dv, {1.0f, 1.0f}, T_);
 }
 
 // dQ of one 64-query block: one block per (query block, head, batch row), heaviest first; each warp owns 16
@@ -305,36 +315,30 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kern
     bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse2, const float* dot, const int* key_tokens, int T_,
     int NH, float scale) {
     __shared__ FlashTile<HS> k_tile, v_tile, staging;
-    const int blocks = gridDim.x, q_block = blocks - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int C = NH * HS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const bf16* q_base = qkv + (long)b * T_ * 3 * C + h * HS;
-    const int* tokens = key_tokens ? key_tokens + (long)b * T_ : nullptr;
-    const int q0 = q_block * FLASH_ROWS;
-    const int rows[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
-    const float scale_log2 = scale * FLASH_LOG2E;
+    const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, true);
     float row_lse[2], row_dot[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        long index = ((long)b * NH + h) * T_ + rows[i];
-        row_lse[i] = rows[i] < T_ ? lse2[index] : INFINITY;
-        row_dot[i] = rows[i] < T_ ? dot[index] : 0.0f;
+        long index = ((long)f.b * NH + f.h) * T_ + f.rows[i];
+        row_lse[i] = f.rows[i] < T_ ? lse2[index] : INFINITY;
+        row_dot[i] = f.rows[i] < T_ ? dot[index] : 0.0f;
     }
     uint32_t q[HS / 16][4], g[HS / 16][4];  // this warp's 16 queries and output gradients as A operands
-    staging.load(q_base, 3L * C, q0, T_);
+    staging.load(f.q_base, 3L * f.C, f.first_row, T_);
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(q[kk], warp * 16, kk);
+    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(q[kk], f.warp * 16, kk);
     __syncthreads();
-    staging.load(dout + (long)b * T_ * C + h * HS, C, q0, T_);
+    staging.load(dout + (long)f.b * T_ * f.C + f.h * HS, f.C, f.first_row, T_);
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(g[kk], warp * 16, kk);
+    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(g[kk], f.warp * 16, kk);
     float dq[HS / 8][4] = {};
-    int key_blocks = key_tokens ? blocks : q_block + 1;
+    int key_blocks = key_tokens ? f.blocks : f.block + 1;
     for (int kb = 0; kb < key_blocks; kb++) {
         __syncthreads();
-        k_tile.load(q_base + C, 3L * C, kb * FLASH_ROWS, T_);
-        v_tile.load(q_base + 2 * C, 3L * C, kb * FLASH_ROWS, T_);
+        k_tile.load(f.q_base + f.C, 3L * f.C, kb * FLASH_ROWS, T_);
+        v_tile.load(f.q_base + 2 * f.C, 3L * f.C, kb * FLASH_ROWS, T_);
         __syncthreads();
         float p[8][4], ds[8][4];
         flash_scores<HS>(p, q, k_tile);
@@ -343,22 +347,13 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kern
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int key = kb * FLASH_ROWS + nt * 8 + 2 * (lane % 4) + e % 2;
-                float prob = flash_visible(rows[e / 2], key, T_, tokens) ? exp2f(p[nt][e] * scale_log2 - row_lse[e / 2]) : 0.0f;
+                int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
+                float prob = flash_visible(f.rows[e / 2], key, T_, f.tokens) ? exp2f(p[nt][e] * f.scale_log2 - row_lse[e / 2]) : 0.0f;
                 ds[nt][e] = prob * (ds[nt][e] - row_dot[e / 2]);
             }
         flash_accumulate<HS>(dq, ds, k_tile);  // dQ += dS·K (scaled below)
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        if (rows[i] >= T_) continue;
-        bf16* row = dqkv + ((long)b * T_ + rows[i]) * 3 * C + h * HS;
-#pragma unroll
-        for (int dt = 0; dt < HS / 8; dt++) {
-            *reinterpret_cast<uint32_t*>(row + dt * 8 + 2 * (lane % 4)) =
-                pack_bf16x2(dq[dt][2 * i] * scale, dq[dt][2 * i + 1] * scale);
-        }
-    }
+    f.store(dqkv + (long)f.b * T_ * 3 * f.C + f.h * HS, 3L * f.C, dq, {scale, scale}, T_);
 }
 
 // the head sizes the kernels are built for (the trainer's other shapes, and FP32 mode, take the cuBLASLt path)

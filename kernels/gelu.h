@@ -18,30 +18,14 @@ __device__ __forceinline__ float gelu_derivative(float x) {
 
 template <typename T>
 __global__ void gelu_forward_kernel(T* out, const T* inp, long n, bool vectorized) {
-    constexpr int P = Packed<T>::size;
-    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * P;
-    if (vectorized && i + P <= n) {
-        Packed<T> x = Packed<T>::load(inp + i), y;
-#pragma unroll
-        for (int k = 0; k < P; k++) y.values[k] = from_float<T>(gelu(to_float(x.values[k])));
-        y.store(out + i);
-    } else {
-        for (long end = i + P < n ? i + P : n; i < end; i++) out[i] = from_float<T>(gelu(to_float(inp[i])));
-    }
+    const T* inputs[1] = {inp};
+    elementwise_packed(out, inputs, n, vectorized, [](const float* x) { return gelu(x[0]); });
 }
 
 template <typename T>
 __global__ void gelu_backward_kernel(T* dinp, const T* inp, const T* dout, long n, bool vectorized) {
-    constexpr int P = Packed<T>::size;
-    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * P;
-    if (vectorized && i + P <= n) {
-        Packed<T> x = Packed<T>::load(inp + i), g = Packed<T>::load(dout + i), d;
-#pragma unroll
-        for (int k = 0; k < P; k++) d.values[k] = from_float<T>(gelu_derivative(to_float(x.values[k])) * to_float(g.values[k]));
-        d.store(dinp + i);
-    } else {
-        for (long end = i + P < n ? i + P : n; i < end; i++) dinp[i] = from_float<T>(gelu_derivative(to_float(inp[i])) * to_float(dout[i]));
-    }
+    const T* inputs[2] = {inp, dout};
+    elementwise_packed(dinp, inputs, n, vectorized, [](const float* x) { return gelu_derivative(x[0]) * x[1]; });
 }
 
 template <typename T> void gelu_forward(T* out, const T* inp, long n, cudaStream_t stream) {

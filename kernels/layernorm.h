@@ -164,11 +164,51 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* 
     cudaCheck(cudaGetLastError());
 }
 
-// dinp += rstd·(dnorm − mean(dnorm) − norm·mean(dnorm·norm)), dnorm = dout·weight, and per 256-row chunk the partial
-// rows Σ dout·norm (partials[chunk], first n_chunks·C floats) and Σ dout (next n_chunks·C);
-// one block per chunk, warp w taking rows w, w + 8, ... in registers and summing its columns there, then the warps'
-// sums added in warp order in shared memory (2·C floats)
+// One row's backward by one warp, the row in registers (V vectors per lane; dout, inp and dinp each read once):
+// dinp += rstd·(dnorm − mean(dnorm) − norm·mean(dnorm·norm)), dnorm = dout·weight; and per column of the lane,
+// sum_w += dout·norm and sum_b += dout (the weight and bias gradients' terms; columns past C add 0)
 template <typename T, int V>
+__device__ __forceinline__ void layernorm_backward_row(T* dinp_row, const T* dout_row, const T* inp_row,
+                                                       const uint4 (&w)[V], float m, float s, int C, bool vectorized,
+                                                       float (&sum_w)[V][layernorm_vec_width<T>()],
+                                                       float (&sum_b)[V][layernorm_vec_width<T>()]) {
+    constexpr int VEC = layernorm_vec_width<T>();
+    uint4 dy[V], x[V], dx[V];
+    load_row_vectors<T, V>(dy, dout_row, C, vectorized);
+    load_row_vectors<T, V>(x, inp_row, C, vectorized);
+    load_row_vectors<T, V>(dx, dinp_row, C, vectorized);
+    float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;  // columns past C add 0: their dout is 0
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+            float dout_value = row_vector_value<T>(dy[i], k);
+            float norm = (row_vector_value<T>(x[i], k) - m) * s;
+            float dnorm = dout_value * row_vector_value<T>(w[i], k);
+            sum_dnorm += dnorm;
+            sum_dnorm_norm += dnorm * norm;
+            sum_w[i][k] += dout_value * norm;
+            sum_b[i][k] += dout_value;
+        }
+    }
+    float mean_dnorm = warp_sum(sum_dnorm) / C, mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        float y[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+            float dnorm = row_vector_value<T>(dy[i], k) * row_vector_value<T>(w[i], k);
+            float norm = (row_vector_value<T>(x[i], k) - m) * s;
+            y[k] = row_vector_value<T>(dx[i], k) + s * (dnorm - mean_dnorm - norm * mean_dnorm_norm);
+        }
+        store_row_vector<T>(dinp_row, i, y, C, vectorized);
+    }
+}
+
+// dinp (layernorm_backward_row) and, per ROWS-row chunk, the partial rows Σ dout·norm (partials[chunk], first
+// n_chunks·C floats) and Σ dout (next n_chunks·C); one block per chunk, warp w taking rows w, w + 8, ... and
+// summing its columns in registers, then the warps' sums added in warp order in shared memory (2·C floats)
+template <typename T, int V, int ROWS = LAYERNORM_ROWS_PER_CHUNK>
 __global__ void layernorm_backward_kernel(T* dinp, float* partials, const T* dout, const T* inp, const T* weight,
                                           const float* mean, const float* rstd, int N, int C, bool vectorized) {
     constexpr int VEC = layernorm_vec_width<T>();
@@ -182,39 +222,10 @@ __global__ void layernorm_backward_kernel(T* dinp, float* partials, const T* dou
 #pragma unroll
         for (int k = 0; k < VEC; k++) sum_w[i][k] = sum_b[i][k] = 0.0f;
     }
-    int row_end = min(((int)blockIdx.x + 1) * LAYERNORM_ROWS_PER_CHUNK, N);
-    for (int row = (int)blockIdx.x * LAYERNORM_ROWS_PER_CHUNK + warp; row < row_end; row += LAYERNORM_WARPS) {
-        uint4 dy[V], x[V], dx[V];
-        load_row_vectors<T, V>(dy, dout + (long)row * C, C, vectorized);
-        load_row_vectors<T, V>(x, inp + (long)row * C, C, vectorized);
-        load_row_vectors<T, V>(dx, dinp + (long)row * C, C, vectorized);
-        float m = mean[row], s = rstd[row];
-        float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;  // columns past C add 0: their dout is 0
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-#pragma unroll
-            for (int k = 0; k < VEC; k++) {
-                float dout_value = row_vector_value<T>(dy[i], k);
-                float norm = (row_vector_value<T>(x[i], k) - m) * s;
-                float dnorm = dout_value * row_vector_value<T>(w[i], k);
-                sum_dnorm += dnorm;
-                sum_dnorm_norm += dnorm * norm;
-                sum_w[i][k] += dout_value * norm;
-                sum_b[i][k] += dout_value;
-            }
-        }
-        float mean_dnorm = warp_sum(sum_dnorm) / C, mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-            float y[VEC];
-#pragma unroll
-            for (int k = 0; k < VEC; k++) {
-                float dnorm = row_vector_value<T>(dy[i], k) * row_vector_value<T>(w[i], k);
-                float norm = (row_vector_value<T>(x[i], k) - m) * s;
-                y[k] = row_vector_value<T>(dx[i], k) + s * (dnorm - mean_dnorm - norm * mean_dnorm_norm);
-            }
-            store_row_vector<T>(dinp + (long)row * C, i, y, C, vectorized);
-        }
+    int row_end = min(((int)blockIdx.x + 1) * ROWS, N);
+    for (int row = (int)blockIdx.x * ROWS + warp; row < row_end; row += LAYERNORM_WARPS) {
+        layernorm_backward_row<T, V>(dinp + (long)row * C, dout + (long)row * C, inp + (long)row * C, w, mean[row],
+                                     rstd[row], C, vectorized, sum_w, sum_b);
     }
     for (int turn = 0; turn < LAYERNORM_WARPS; turn++) {
         if (warp == turn) {

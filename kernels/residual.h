@@ -6,16 +6,8 @@
 
 template <typename T>
 __global__ void residual_forward_kernel(T* out, const T* a, const T* b, long n, bool vectorized) {
-    constexpr int P = Packed<T>::size;
-    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * P;
-    if (vectorized && i + P <= n) {
-        Packed<T> x = Packed<T>::load(a + i), y = Packed<T>::load(b + i), z;
-#pragma unroll
-        for (int k = 0; k < P; k++) z.values[k] = from_float<T>(to_float(x.values[k]) + to_float(y.values[k]));
-        z.store(out + i);
-    } else {
-        for (long end = i + P < n ? i + P : n; i < end; i++) out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
-    }
+    const T* inputs[2] = {a, b};
+    elementwise_packed(out, inputs, n, vectorized, [](const float* x) { return x[0] + x[1]; });
 }
 
 template <typename T> void residual_forward(T* out, const T* a, const T* b, long n, cudaStream_t stream) {
