@@ -1103,6 +1103,13 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
         fprintf(stderr, "error: -t %d exceeds the model's maximum sequence length %d\n", args.T, cfg.max_seq_len);
         return EXIT_FAILURE;
     }
+    int widest = args.precision == PRECISION_FP32 ? layernorm_max_channels<float>()
+                                                  : layernorm_max_channels<__nv_bfloat16>();
+    if (cfg.channels > widest) {
+        fprintf(stderr, "error: -e %s: width C = %d is above the %d that LayerNorm holds in registers in %s mode\n",
+                args.model, cfg.channels, widest, precision_names[args.precision]);
+        return EXIT_FAILURE;
+    }
     if (from_file && args.vocab != 256 && cfg.vocab_size != args.vocab) {  // -V given, and a model file that disagrees
         fprintf(stderr, "error: -V %d differs from the model file's vocabulary %d\n", args.vocab, cfg.vocab_size);
         return EXIT_FAILURE;

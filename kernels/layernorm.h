@@ -84,8 +84,12 @@ __device__ __forceinline__ void store_row_vector(T* row, int i, const float (&x)
     }
 }
 
+// the widest row a warp holds in registers: 16 vectors per lane (4096 BF16 or 2048 FP32 values)
+template <typename T> constexpr int layernorm_max_channels() { return 16 * 32 * layernorm_vec_width<T>(); }
+
 // calls launch(std::integral_constant<int, V>()) with the smallest V in {1, 2, 3, 4, 6, 8, 12, 16} such that V
-// vectors per lane cover a row of C values; a row above 512 vectors (C > 4096 bf16, 2048 floats) is refused
+// vectors per lane cover a row of C values; a row above layernorm_max_channels is refused (train_int4 checks
+// its width against it before any GPU work)
 template <typename T, typename Launch>
 void with_row_vectors_per_lane(int C, Launch launch) {
     int needed = CEIL_DIV(CEIL_DIV(C, layernorm_vec_width<T>()), 32);
@@ -99,7 +103,7 @@ void with_row_vectors_per_lane(int C, Launch launch) {
     else if (needed <= 16) launch(std::integral_constant<int, 16>());
     else {
         fprintf(stderr, "layernorm: C = %d is above the %d values a warp holds in registers\n", C,
-                512 * layernorm_vec_width<T>());
+                layernorm_max_channels<T>());
         exit(EXIT_FAILURE);
     }
 }

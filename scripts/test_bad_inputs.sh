@@ -52,6 +52,7 @@ expect_error "flag BF16 layer list" "-k 0,7: expected comma-separated layer indi
 expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" ./train_int4 -d 100
 expect_error "flag heads not dividing width" "NH dividing C" ./train_int4 -e 2:64:5
 expect_error "flag bad model descriptor" "use d1..d12" ./train_int4 -e d13
+expect_error "width beyond LayerNorm's registers" "-e 1:2560:20: width C = 2560 is above the 2048 that LayerNorm holds in registers in fp32 mode" ./train_int4 -p fp32 -e 1:2560:20
 expect_error "flag qstats without int4" "-qstats needs -p int4 and -o" ./train_int4 -qstats 10
 expect_error "flag negative spike limit" "-S expects a number in \[0, 1e+06\], got '-1'" ./train_int4 -S -1
 expect_error "flag -N without -o" "-N needs -o" ./train_int4 -N 2
