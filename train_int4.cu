@@ -371,6 +371,10 @@ template <typename T> bool linear_is_quantized(GPT<T>* model, int layer) {
     return model->int4 && !model->layer_in_bf16[layer];
 }
 
+// A block linear's number, layer·4 + which: the linear index of its RNG streams (kernels/rng.h); in INT4 mode its
+// LSQ steps (x, w) are lsq_steps[2·number + 0, 1] and its LSS statistics lss_stats[2·number + 0, 1]
+inline int linear_number(int layer, int which) { return layer * 4 + which; }
+
 template <typename T>
 void linear_forward(GPT<T>* model, int layer, int which, T* out, const T* inp, const T* w, const T* b, int K, int M) {
     int N = model->B * model->T_;
@@ -378,7 +382,7 @@ void linear_forward(GPT<T>* model, int layer, int which, T* out, const T* inp, c
         matmul_forward(out, inp, w, b, N, K, M, model->stream);
         return;
     }
-    float* step_x = model->lsq_steps + layer * 8 + which * 2;
+    float* step_x = model->lsq_steps + 2 * linear_number(layer, which);
     if (!model->lsq_steps_initialised) {  // LSQ init at the first forward: 2·mean|v·H|/√7 for the input and the weight
         int g = model->hadamard_block;
         float init[2] = {quant_error(inp, N, K, g, 0.0f, model->qstats_scratch, model->stream).step,
@@ -396,17 +400,17 @@ void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, fl
         matmul_backward(dinp, dw, db, dout, inp, w, N, K, M, model->acts.reduce, model->stream);
         return;
     }
-    int offset = layer * 8 + which * 2;
+    int number = linear_number(layer, which), offset = 2 * number;
     quant_linear_backward(dinp, dw, db, model->lsq_grads + offset, model->lsq_grads + offset + 1, dout, inp, w, N, K,
                           M, model->hadamard_block, model->lsq_steps + offset, model->lsq_steps + offset + 1,
-                          model->keep_ratio, model->seed, model->micro_step, (uint32_t)(layer * 4 + which),
-                          model->lss_stats + (layer * 4 + which) * 2, model->quant_scratch, model->acts.reduce, model->stream);
+                          model->keep_ratio, model->seed, model->micro_step, (uint32_t)number,
+                          model->lss_stats + offset, model->quant_scratch, model->acts.reduce, model->stream);
 }
 
 // dropout of a residual branch's output (branch 1: attention projection, 3: MLP projection); forward and
 // backward apply the same mask, drawn from the shared hash at this micro-step
 template <typename T> void gpt_dropout(GPT<T>* model, T* out, const T* inp, int layer, int branch) {
-    uint32_t key = rng_key(model->seed, rng_stream_train(model->micro_step, layer * 4 + branch, RNG_USE_DATA));
+    uint32_t key = rng_key(model->seed, rng_stream_train(model->micro_step, linear_number(layer, branch), RNG_USE_DATA));
     dropout(out, inp, (long)model->B * model->T_ * model->config.channels, model->dropout, key, model->stream);
 }
 
@@ -1017,7 +1021,8 @@ template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
                                p.fcw + (size_t)l * 4 * C * C, p.fcprojw + (size_t)l * C * 4 * C};
         int Ks[4] = {C, C, C, 4 * C}, Ms[4] = {3 * C, C, 4 * C, C};
         for (int w = 0; w < 4; w++) {
-            float sx = fabsf(steps[l * 8 + w * 2]), sw = fabsf(steps[l * 8 + w * 2 + 1]);
+            int offset = 2 * linear_number(l, w);
+            float sx = fabsf(steps[offset]), sw = fabsf(steps[offset + 1]);
             QuantError xh = quant_error(inputs[w], N, Ks[w], g, sx, model->qstats_scratch, model->stream);
             QuantError xp = quant_error(inputs[w], N, Ks[w], 0, 0.0f, model->qstats_scratch, model->stream);
             QuantError wh = quant_error(weights[w], Ms[w], Ks[w], g, sw, model->qstats_scratch, model->stream);
@@ -1025,7 +1030,7 @@ template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
             fprintf(out, "s:%d l:%d lin:%s xerr:%.5f xerr_plain:%.5f werr:%.5f werr_plain:%.5f xout:%.3f wout:%.3f "
                     "sx:%.5g sw:%.5g kept:%.4f varproxy:%.4g\n", step, l, names[w], xh.relative_error, xp.relative_error,
                     wh.relative_error, wp.relative_error, xh.outlier_ratio, wh.outlier_ratio, sx, sw,
-                    lss[(l * 4 + w) * 2], lss[(l * 4 + w) * 2 + 1]);
+                    lss[offset], lss[offset + 1]);
             mean_x_had += xh.relative_error;
             mean_x_plain += xp.relative_error;
             count++;
