@@ -252,6 +252,16 @@ struct QuantConfig {
     std::vector<char> layer_in_bf16;
 };
 
+// the BF16 compute copy of the FP32 master weights, from the host (bf16 and int4 modes: fp32 mode computes on
+// the master itself); each value converted on its own, on all cores
+template <typename T> void upload_compute_copy(GPT<T>* model, const float* host_master) {
+    size_t n = model->num_parameters;
+    std::vector<T> converted(n);
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) converted[i] = host_float_to_bf16(host_master[i]);
+    cudaCheck(cudaMemcpy(model->params_memory, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+}
+
 // allocates everything for batch (B, T) and uploads the FP32 master weights from host
 template <typename T>
 void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, int B, int T_,
@@ -291,11 +301,8 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     if (std::is_same<T, float>::value) {
         model->params_memory = (T*)model->master_memory;
     } else {
-        std::vector<T> converted(n);
-#pragma omp parallel for
-        for (size_t i = 0; i < n; i++) converted[i] = host_float_to_bf16(host_master[i]);
         cudaCheck(cudaMalloc(&model->params_memory, n * sizeof(T)));
-        cudaCheck(cudaMemcpy(model->params_memory, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+        upload_compute_copy(model, host_master);
     }
     point_parameters(&model->params, model->params_memory, model->parameter_sizes);
     point_parameters(&model->grads, model->grads_memory, model->parameter_sizes);
@@ -736,12 +743,7 @@ template <typename T> bool load_state(GPT<T>* model, const char* path, TrainStat
         for (int i = 0; i < 3 && ok; i++) {
             ok = read_exact(f, buffer.data(), n * 4, path);
             if (ok) cudaCheck(cudaMemcpy(targets[i], buffer.data(), n * 4, cudaMemcpyHostToDevice));
-            if (ok && i == 0 && !std::is_same<T, float>::value) {
-                size_t np = model->num_parameters;
-                std::vector<T> converted(np);
-                for (size_t j = 0; j < np; j++) converted[j] = host_float_to_bf16(buffer[j]);
-                cudaCheck(cudaMemcpy(model->params_memory, converted.data(), np * sizeof(T), cudaMemcpyHostToDevice));
-            }
+            if (ok && i == 0 && !std::is_same<T, float>::value) upload_compute_copy(model, buffer.data());
         }
         *st = state_header_train_state(header);
         model->lsq_steps_initialised = true;  // the LSQ steps came from the file
