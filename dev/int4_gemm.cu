@@ -298,16 +298,6 @@ void launch_int4_gemm_mma_s8(const Int4GemmParams& p) {
 #define PIPE_WARP_N 64
 #define PIPE_WARP_M 32
 
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
-    uint32_t smem_address = (uint32_t)__cvta_generic_to_shared(smem);
-    size_t gmem_address = __cvta_generic_to_global(gmem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_address), "l"(gmem_address) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
-}
-
 // copies k-tile `k_tile` of the block's 128 A rows and 128 B rows into `stage` (A then B, 64 bytes per row):
 // 1024 chunks of 16 bytes, 4 per thread, consecutive threads on consecutive chunks (one 64-byte run per row)
 __device__ __forceinline__ void load_stage_async(uint8_t* stage, const Int4GemmParams& p, int n0, int m0, int k_tile) {

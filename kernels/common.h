@@ -22,6 +22,28 @@ inline void cuda_check(cudaError_t error, const char* file, int line) {
     }
 }
 #define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
+
+// cp.async (sm_80+): 16 bytes from global to shared memory without passing through registers, so a thread
+// block can load its next tile while it computes on the current one. The bytes past valid_bytes (0 or 16)
+// are filled with zeros and not read. Copies are grouped by commit; wait<N> returns once at most N of this
+// thread's groups are still in flight (then __syncthreads() before other threads read the data).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int valid_bytes = 16) {
+    uint32_t smem_address = (uint32_t)__cvta_generic_to_shared(smem);
+    size_t gmem_address = __cvta_generic_to_global(gmem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address), "l"(gmem_address),
+                 "r"(valid_bytes) : "memory");
+}
+// the same for 4 bytes (through L1: cp.async.cg takes only 16)
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, int valid_bytes = 4) {
+    uint32_t smem_address = (uint32_t)__cvta_generic_to_shared(smem);
+    size_t gmem_address = __cvta_generic_to_global(gmem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_address), "l"(gmem_address),
+                 "r"(valid_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
 #endif
 
 #ifdef __CUDACC__

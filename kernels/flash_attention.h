@@ -58,13 +58,13 @@ template <int HS> struct alignas(16) FlashTile {
         return row * HS + (c ^ swizzle) * 8;
     }
     __device__ __forceinline__ const bf16* chunk(int row, int c) const { return data + index(row, c); }
-    // rows t0 .. t0+63 of a tensor whose row t starts at base + t·stride (zeros past row T_); all threads
-    __device__ __forceinline__ void load(const bf16* base, long stride, int t0, int T_) {
+    // rows t0 .. t0+63 of a tensor whose row t starts at base + t·stride (zeros past row T_), copied with
+    // cp.async by all threads: the caller commits the group and waits for it
+    __device__ __forceinline__ void load_async(const bf16* base, long stride, int t0, int T_) {
         for (int i = threadIdx.x; i < FLASH_ROWS * CHUNKS; i += FLASH_THREADS) {
             int row = i / CHUNKS, c = i % CHUNKS;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (t0 + row < T_) v = *reinterpret_cast<const uint4*>(base + (t0 + row) * stride + c * 8);
-            *reinterpret_cast<uint4*>(data + index(row, c)) = v;
+            bool real = t0 + row < T_;
+            cp_async_16(data + index(row, c), real ? base + (t0 + row) * stride + c * 8 : base, real ? 16 : 0);
         }
     }
     // A operand: rows row0..row0+15, columns 16·kk..16·kk+15
@@ -162,73 +162,110 @@ template <int HS> struct FlashBlock {
     }
 };
 
-// Forward: out (B, T, C) and lse2 (B, NH, T) from qkv. One block per (64-query block, head, batch row), the
-// heaviest causal blocks first; each warp owns 16 queries and walks the key blocks with an online softmax.
+// One key block of the online softmax: s (16 x 64 scores in scaled-log2 units, −inf where hidden) becomes
+// exp2(s − the rows' running maximum); the running maximum and this thread's part of the row sums move on,
+// and the output accumulators o are rescaled to the new maximum
 template <int HS>
-__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(bf16* out, float* lse2, const bf16* qkv,
-                                                                                const int* key_tokens, int T_, int NH,
-                                                                                float scale) {
-    __shared__ FlashTile<HS> q_tile, k_tile, v_tile;
-    const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, true);
-    q_tile.load(f.q_base, 3L * f.C, f.first_row, T_);
-    __syncthreads();
-    uint32_t q[HS / 16][4];
+__device__ __forceinline__ void flash_softmax_step(float s[8][4], float o[HS / 8][4], float row_max[2], float row_sum[2]) {
+    float block_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) q_tile.a_fragment(q[kk], f.warp * 16, kk);
-    float o[HS / 8][4] = {};
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // row_sum: this thread's columns
-    int key_blocks = key_tokens ? f.blocks : f.block + 1;
-    for (int kb = 0; kb < key_blocks; kb++) {
-        __syncthreads();  // every warp is done with the previous k and v tiles
-        k_tile.load(f.q_base + f.C, 3L * f.C, kb * FLASH_ROWS, T_);
-        v_tile.load(f.q_base + 2 * f.C, 3L * f.C, kb * FLASH_ROWS, T_);
-        __syncthreads();
-        float s[8][4];
-        flash_scores<HS>(s, q, k_tile);
-        float block_max[2] = {-INFINITY, -INFINITY};
+    for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+        for (int e = 0; e < 4; e++) block_max[e / 2] = fmaxf(block_max[e / 2], s[nt][e]);
+    float rescale[2], subtract[2];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
-                s[nt][e] = flash_visible(f.rows[e / 2], key, T_, f.tokens) ? s[nt][e] * f.scale_log2 : -INFINITY;
-                block_max[e / 2] = fmaxf(block_max[e / 2], s[nt][e]);
-            }
-        float rescale[2], subtract[2];
+    for (int i = 0; i < 2; i++) {  // the 4 threads of a quad hold one row's 64 columns
+        block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 1));
+        block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 2));
+        float new_max = fmaxf(row_max[i], block_max[i]);
+        subtract[i] = new_max == -INFINITY ? 0.0f : new_max;  // a row with nothing visible yet stays 0
+        rescale[i] = exp2f(row_max[i] - subtract[i]);
+        row_max[i] = new_max;
+        row_sum[i] *= rescale[i];
+    }
 #pragma unroll
-        for (int i = 0; i < 2; i++) {  // the 4 threads of a quad hold one row's 64 columns
-            block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 1));
-            block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 2));
-            float new_max = fmaxf(row_max[i], block_max[i]);
-            subtract[i] = new_max == -INFINITY ? 0.0f : new_max;  // a row with nothing visible yet stays 0
-            rescale[i] = exp2f(row_max[i] - subtract[i]);
-            row_max[i] = new_max;
-            row_sum[i] *= rescale[i];
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[nt][e] = exp2f(s[nt][e] - subtract[e / 2]);
+            row_sum[e / 2] += s[nt][e];
         }
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
+    for (int dt = 0; dt < HS / 8; dt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[nt][e] = exp2f(s[nt][e] - subtract[e / 2]);
-                row_sum[e / 2] += s[nt][e];
-            }
-#pragma unroll
-        for (int dt = 0; dt < HS / 8; dt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[dt][e] *= rescale[e / 2];
-        flash_accumulate<HS>(o, s, v_tile);
-    }
+        for (int e = 0; e < 4; e++) o[dt][e] *= rescale[e / 2];
+}
+
+// the end of the forward for this thread's two rows: the row sums completed over the quad, lse2 written
+// (+inf for a row with no visible key: every recomputed probability is then 0), and o divided by the sums
+template <int HS>
+__device__ __forceinline__ void flash_forward_finish(const FlashBlock<HS>& f, bf16* out, float* lse2, float (&o)[HS / 8][4],
+                                                     const float row_max[2], float row_sum[2], int T_, int NH) {
     float inv[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
         row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
         inv[i] = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;  // no visible key: output 0
-        if (f.rows[i] < T_ && f.lane % 4 == 0) {  // +inf for an empty row: every recomputed probability is 0
+        if (f.rows[i] < T_ && f.lane % 4 == 0) {
             lse2[((long)f.b * NH + f.h) * T_ + f.rows[i]] = row_sum[i] > 0.0f ? row_max[i] + log2f(row_sum[i]) : INFINITY;
         }
     }
     f.store(out + (long)f.b * T_ * f.C + f.h * HS, f.C, o, inv, T_);
+}
+
+// Forward: out (B, T, C) and lse2 (B, NH, T) from qkv. One block per (64-query block, head, batch row), the
+// heaviest causal blocks first; each warp owns 16 queries and walks the key blocks with an online softmax,
+// the next key block's K and V tiles loading (cp.async, two buffers) while the current one is multiplied.
+template <int HS>
+__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(bf16* out, float* lse2, const bf16* qkv,
+                                                                                const int* key_tokens, int T_, int NH,
+                                                                                float scale) {
+    __shared__ FlashTile<HS> k_tiles[2], v_tiles[2];
+    const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, true);
+    const long stride = 3L * f.C;
+    auto load_key_block = [&](int kb, int buffer) {
+        k_tiles[buffer].load_async(f.q_base + f.C, stride, kb * FLASH_ROWS, T_);
+        v_tiles[buffer].load_async(f.q_base + 2 * f.C, stride, kb * FLASH_ROWS, T_);
+        cp_async_commit();
+    };
+    v_tiles[1].load_async(f.q_base, stride, f.first_row, T_);  // the queries, through a buffer not yet in use
+    cp_async_commit();
+    load_key_block(0, 0);
+    cp_async_wait<1>();
+    __syncthreads();
+    uint32_t q[HS / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) v_tiles[1].a_fragment(q[kk], f.warp * 16, kk);
+    float o[HS / 8][4] = {};
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // row_sum: this thread's columns
+    int key_blocks = key_tokens ? f.blocks : f.block + 1;
+    for (int kb = 0; kb < key_blocks; kb++) {
+        const int buffer = kb % 2;
+        __syncthreads();  // every warp is done with the other buffer (or the queries in it)
+        if (kb + 1 < key_blocks) {
+            load_key_block(kb + 1, buffer ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // this block's K and V tiles have landed
+        float s[8][4];
+        flash_scores<HS>(s, q, k_tiles[buffer]);
+        // only the diagonal block (causal) or [PAD] keys (BERT) hide anything: keys past T_ lie in the last block
+        const bool masked = key_tokens || kb == f.block;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
+                bool hidden = masked && !flash_visible(f.rows[e / 2], key, T_, f.tokens);
+                s[nt][e] = hidden ? -INFINITY : s[nt][e] * f.scale_log2;
+            }
+        flash_softmax_step<HS>(s, o, row_max, row_sum);
+        flash_accumulate<HS>(o, s, v_tiles[buffer]);
+    }
+    flash_forward_finish<HS>(f, out, lse2, o, row_max, row_sum, T_, NH);
 }
 
 // dot (B, NH, T) = Σ_d dout·out per query row and head, in FP32 (the softmax backward's row term);
@@ -255,50 +292,70 @@ __global__ void flash_attention_dot_kernel(float* dot, const bf16* dout, const b
 }
 
 // dK, dV of one 64-key block: one block per (key block, head, batch row); each warp owns 16 keys and walks
-// the query blocks that see them, recomputing Pᵀ = exp2(K·Qᵀ·scale − lse2) and dPᵀ = V·dOᵀ in registers
+// the query blocks that see them, recomputing Pᵀ = exp2(K·Qᵀ·scale − lse2) and dPᵀ = V·dOᵀ in registers,
+// the next query block's Q, dO, lse2 and dot loading (cp.async, two buffers) while the current one is used.
 template <int HS>
 __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_kernel(
     bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse2, const float* dot, const int* key_tokens, int T_,
     int NH, float scale) {
-    __shared__ FlashTile<HS> q_tile, dout_tile, kv_tile;
-    __shared__ float lse_s[FLASH_ROWS], dot_s[FLASH_ROWS];
+    __shared__ FlashTile<HS> q_tiles[2], dout_tiles[2];
+    __shared__ float lse_s[2][FLASH_ROWS], dot_s[2][FLASH_ROWS];
     const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, false);
+    const long stride = 3L * f.C;
     const bf16* dout_base = dout + (long)f.b * T_ * f.C + f.h * HS;
     const float* lse_row = lse2 + ((long)f.b * NH + f.h) * T_;
     const float* dot_row = dot + ((long)f.b * NH + f.h) * T_;
-    uint32_t k[HS / 16][4], v[HS / 16][4];  // this warp's 16 keys and values as A operands
-    kv_tile.load(f.q_base + f.C, 3L * f.C, f.first_row, T_);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(k[kk], f.warp * 16, kk);
-    __syncthreads();
-    kv_tile.load(f.q_base + 2 * f.C, 3L * f.C, f.first_row, T_);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) kv_tile.a_fragment(v[kk], f.warp * 16, kk);
-    float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
-    for (int qb = key_tokens ? 0 : f.block; qb < f.blocks; qb++) {
+    // rows past T_ get zeros: their probabilities are masked to 0 below
+    auto load_query_block = [&](int qb, int buffer) {
         const int q0 = qb * FLASH_ROWS;
-        __syncthreads();  // every warp is done with the previous query block's tiles
-        q_tile.load(f.q_base, 3L * f.C, q0, T_);
-        dout_tile.load(dout_base, f.C, q0, T_);
+        q_tiles[buffer].load_async(f.q_base, stride, q0, T_);
+        dout_tiles[buffer].load_async(dout_base, f.C, q0, T_);
         if (threadIdx.x < FLASH_ROWS) {
             bool real = q0 + threadIdx.x < T_;
-            lse_s[threadIdx.x] = real ? lse_row[q0 + threadIdx.x] : INFINITY;
-            dot_s[threadIdx.x] = real ? dot_row[q0 + threadIdx.x] : 0.0f;
+            cp_async_4(&lse_s[buffer][threadIdx.x], lse_row + (real ? q0 + threadIdx.x : 0), real ? 4 : 0);
+            cp_async_4(&dot_s[buffer][threadIdx.x], dot_row + (real ? q0 + threadIdx.x : 0), real ? 4 : 0);
         }
-        __syncthreads();
+        cp_async_commit();
+    };
+    const int first = key_tokens ? 0 : f.block;
+    q_tiles[1].load_async(f.q_base + f.C, stride, f.first_row, T_);  // keys and values, through buffers not
+    dout_tiles[1].load_async(f.q_base + 2 * f.C, stride, f.first_row, T_);  // yet in use
+    cp_async_commit();
+    load_query_block(first, 0);
+    cp_async_wait<1>();
+    __syncthreads();
+    uint32_t k[HS / 16][4], v[HS / 16][4];  // this warp's 16 keys and values as A operands
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        q_tiles[1].a_fragment(k[kk], f.warp * 16, kk);
+        dout_tiles[1].a_fragment(v[kk], f.warp * 16, kk);
+    }
+    float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
+    for (int qb = first; qb < f.blocks; qb++) {
+        const int q0 = qb * FLASH_ROWS, buffer = (qb - first) % 2;
+        __syncthreads();  // every warp is done with the other buffers (or the keys and values in them)
+        if (qb + 1 < f.blocks) {
+            load_query_block(qb + 1, buffer ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // this query block's tiles have landed
+        const FlashTile<HS>& q_tile = q_tiles[buffer];
+        const FlashTile<HS>& dout_tile = dout_tiles[buffer];
         float p[8][4], dp[8][4];
         flash_scores<HS>(p, k, q_tile);      // Sᵀ: rows = keys, columns = queries
         flash_scores<HS>(dp, v, dout_tile);  // dPᵀ = V·dOᵀ
+        // only the diagonal block (causal), [PAD] keys (BERT) or queries past T_ (the last block) hide anything
+        const bool masked = key_tokens || qb == f.block || q0 + FLASH_ROWS > T_;
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int column = nt * 8 + 2 * (f.lane % 4) + e % 2;
-                bool visible = flash_visible(q0 + column, f.rows[e / 2], T_, f.tokens) && q0 + column < T_;
-                p[nt][e] = visible ? exp2f(p[nt][e] * f.scale_log2 - lse_s[column]) : 0.0f;
-                dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[column]);  // dSᵀ
+                bool hidden = masked && !(flash_visible(q0 + column, f.rows[e / 2], T_, f.tokens) && q0 + column < T_);
+                p[nt][e] = hidden ? 0.0f : exp2f(p[nt][e] * f.scale_log2 - lse_s[buffer][column]);
+                dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[buffer][column]);  // dSᵀ
             }
         flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
         flash_accumulate<HS>(dk, dp, q_tile);    // dK += dSᵀ·Q (scaled below)
@@ -309,13 +366,15 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_ker
 }
 
 // dQ of one 64-query block: one block per (query block, head, batch row), heaviest first; each warp owns 16
-// queries and walks the key blocks they see, recomputing P and dP = dO·Vᵀ in registers
+// queries and walks the key blocks they see, recomputing P and dP = dO·Vᵀ in registers, the next key
+// block's K and V tiles loading (cp.async, two buffers) while the current one is used
 template <int HS>
 __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kernel(
     bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse2, const float* dot, const int* key_tokens, int T_,
     int NH, float scale) {
-    __shared__ FlashTile<HS> k_tile, v_tile, staging;
+    __shared__ FlashTile<HS> k_tiles[2], v_tiles[2];
     const FlashBlock<HS> f(qkv, key_tokens, T_, NH, scale, true);
+    const long stride = 3L * f.C;
     float row_lse[2], row_dot[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -323,35 +382,50 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kern
         row_lse[i] = f.rows[i] < T_ ? lse2[index] : INFINITY;
         row_dot[i] = f.rows[i] < T_ ? dot[index] : 0.0f;
     }
+    auto load_key_block = [&](int kb, int buffer) {
+        k_tiles[buffer].load_async(f.q_base + f.C, stride, kb * FLASH_ROWS, T_);
+        v_tiles[buffer].load_async(f.q_base + 2 * f.C, stride, kb * FLASH_ROWS, T_);
+        cp_async_commit();
+    };
+    k_tiles[1].load_async(f.q_base, stride, f.first_row, T_);  // queries and output gradients, through
+    v_tiles[1].load_async(dout + (long)f.b * T_ * f.C + f.h * HS, f.C, f.first_row, T_);  // buffers not yet in use
+    cp_async_commit();
+    load_key_block(0, 0);
+    cp_async_wait<1>();
+    __syncthreads();
     uint32_t q[HS / 16][4], g[HS / 16][4];  // this warp's 16 queries and output gradients as A operands
-    staging.load(f.q_base, 3L * f.C, f.first_row, T_);
-    __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(q[kk], f.warp * 16, kk);
-    __syncthreads();
-    staging.load(dout + (long)f.b * T_ * f.C + f.h * HS, f.C, f.first_row, T_);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) staging.a_fragment(g[kk], f.warp * 16, kk);
+    for (int kk = 0; kk < HS / 16; kk++) {
+        k_tiles[1].a_fragment(q[kk], f.warp * 16, kk);
+        v_tiles[1].a_fragment(g[kk], f.warp * 16, kk);
+    }
     float dq[HS / 8][4] = {};
     int key_blocks = key_tokens ? f.blocks : f.block + 1;
     for (int kb = 0; kb < key_blocks; kb++) {
-        __syncthreads();
-        k_tile.load(f.q_base + f.C, 3L * f.C, kb * FLASH_ROWS, T_);
-        v_tile.load(f.q_base + 2 * f.C, 3L * f.C, kb * FLASH_ROWS, T_);
-        __syncthreads();
+        const int buffer = kb % 2;
+        __syncthreads();  // every warp is done with the other buffers (or the queries in them)
+        if (kb + 1 < key_blocks) {
+            load_key_block(kb + 1, buffer ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // this key block's tiles have landed
         float p[8][4], ds[8][4];
-        flash_scores<HS>(p, q, k_tile);
-        flash_scores<HS>(ds, g, v_tile);  // dP = dO·Vᵀ
+        flash_scores<HS>(p, q, k_tiles[buffer]);
+        flash_scores<HS>(ds, g, v_tiles[buffer]);  // dP = dO·Vᵀ
+        // only the diagonal block (causal) or [PAD] keys (BERT) hide anything: keys past T_ lie in the last block
+        const bool masked = key_tokens || kb == f.block;
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
-                float prob = flash_visible(f.rows[e / 2], key, T_, f.tokens) ? exp2f(p[nt][e] * f.scale_log2 - row_lse[e / 2]) : 0.0f;
+                bool hidden = masked && !flash_visible(f.rows[e / 2], key, T_, f.tokens);
+                float prob = hidden ? 0.0f : exp2f(p[nt][e] * f.scale_log2 - row_lse[e / 2]);
                 ds[nt][e] = prob * (ds[nt][e] - row_dot[e / 2]);
             }
-        flash_accumulate<HS>(dq, ds, k_tile);  // dQ += dS·K (scaled below)
+        flash_accumulate<HS>(dq, ds, k_tiles[buffer]);  // dQ += dS·K (scaled below)
     }
     f.store(dqkv + (long)f.b * T_ * 3 * f.C + f.h * HS, 3L * f.C, dq, {scale, scale}, T_);
 }
