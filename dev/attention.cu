@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_v2_
             for (int e = 0; e < 4; e++) {
                 int column = nt * 8 + 2 * (f.lane % 4) + e % 2;
                 bool visible = flash_visible(q0 + column, f.rows[e / 2], T_, f.tokens) && q0 + column < T_;
-                p[nt][e] = visible ? exp2f(p[nt][e] * f.scale_log2 - lse_s[column]) : 0.0f;
+                p[nt][e] = visible ? fast_exp2(p[nt][e] * f.scale_log2 - lse_s[column]) : 0.0f;
                 dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[column]);  // dSᵀ
             }
         flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_v2_k
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
-                float prob = flash_visible(f.rows[e / 2], key, T_, f.tokens) ? exp2f(p[nt][e] * f.scale_log2 - row_lse[e / 2]) : 0.0f;
+                float prob = flash_visible(f.rows[e / 2], key, T_, f.tokens) ? fast_exp2(p[nt][e] * f.scale_log2 - row_lse[e / 2]) : 0.0f;
                 ds[nt][e] = prob * (ds[nt][e] - row_dot[e / 2]);
             }
         flash_accumulate<HS>(dq, ds, k_tile);  // dQ += dS·K (scaled below)

@@ -11,6 +11,7 @@
 // against a CPU reference and the cuBLASLt path of kernels/attention.h, and times both.
 #pragma once
 #include <math.h>
+#include <type_traits>
 #include "common.h"
 #include "mlm.h"
 
@@ -48,6 +49,15 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// 2^x in one instruction: exp2f compiles (without fast-math) to the same MUFU.EX2 plus four instructions
+// that halve an input whose result is subnormal (below 2^-126) and square the result (seen in the SASS).
+// Here such results are 0 instead; every other result is the same bits as exp2f's.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // A 64 x HS BF16 tile in shared memory, row-major, its 16-byte chunks permuted within each row (XOR with a
 // function of the row) so that the 8 row addresses of every ldmatrix hit 8 different bank groups.
 template <int HS> struct alignas(16) FlashTile {
@@ -61,8 +71,9 @@ template <int HS> struct alignas(16) FlashTile {
     // rows t0 .. t0+63 of a tensor whose row t starts at base + t·stride (zeros past row T_), copied with
     // cp.async by all threads: the caller commits the group and waits for it
     __device__ __forceinline__ void load_async(const bf16* base, long stride, int t0, int T_) {
-        for (int i = threadIdx.x; i < FLASH_ROWS * CHUNKS; i += FLASH_THREADS) {
-            int row = i / CHUNKS, c = i % CHUNKS;
+#pragma unroll
+        for (int j = 0; j < FLASH_ROWS * CHUNKS / FLASH_THREADS; j++) {
+            int i = threadIdx.x + j * FLASH_THREADS, row = i / CHUNKS, c = i % CHUNKS;
             bool real = t0 + row < T_;
             cp_async_16(data + index(row, c), real ? base + (t0 + row) * stride + c * 8 : base, real ? 16 : 0);
         }
@@ -179,7 +190,7 @@ __device__ __forceinline__ void flash_softmax_step(float s[8][4], float o[HS / 8
         block_max[i] = fmaxf(block_max[i], __shfl_xor_sync(0xffffffff, block_max[i], 2));
         float new_max = fmaxf(row_max[i], block_max[i]);
         subtract[i] = new_max == -INFINITY ? 0.0f : new_max;  // a row with nothing visible yet stays 0
-        rescale[i] = exp2f(row_max[i] - subtract[i]);
+        rescale[i] = fast_exp2(row_max[i] - subtract[i]);
         row_max[i] = new_max;
         row_sum[i] *= rescale[i];
     }
@@ -187,7 +198,7 @@ __device__ __forceinline__ void flash_softmax_step(float s[8][4], float o[HS / 8
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            s[nt][e] = exp2f(s[nt][e] - subtract[e / 2]);
+            s[nt][e] = fast_exp2(s[nt][e] - subtract[e / 2]);
             row_sum[e / 2] += s[nt][e];
         }
 #pragma unroll
@@ -252,16 +263,19 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(
         __syncthreads();  // this block's K and V tiles have landed
         float s[8][4];
         flash_scores<HS>(s, q, k_tiles[buffer]);
+        auto scale_and_mask = [&](auto masked) {  // std::true_type: the pairs hidden from each other get −inf
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
+                    bool hidden = masked && !flash_visible(f.rows[e / 2], key, T_, f.tokens);
+                    s[nt][e] = hidden ? -INFINITY : s[nt][e] * f.scale_log2;
+                }
+        };
         // only the diagonal block (causal) or [PAD] keys (BERT) hide anything: keys past T_ lie in the last block
-        const bool masked = key_tokens || kb == f.block;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
-                bool hidden = masked && !flash_visible(f.rows[e / 2], key, T_, f.tokens);
-                s[nt][e] = hidden ? -INFINITY : s[nt][e] * f.scale_log2;
-            }
+        if (key_tokens || kb == f.block) scale_and_mask(std::true_type());
+        else scale_and_mask(std::false_type());
         flash_softmax_step<HS>(s, o, row_max, row_sum);
         flash_accumulate<HS>(o, s, v_tiles[buffer]);
     }
@@ -346,17 +360,20 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_ker
         float p[8][4], dp[8][4];
         flash_scores<HS>(p, k, q_tile);      // Sᵀ: rows = keys, columns = queries
         flash_scores<HS>(dp, v, dout_tile);  // dPᵀ = V·dOᵀ
+        auto probabilities = [&](auto masked) {  // std::true_type: the pairs hidden from each other get 0
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int column = nt * 8 + 2 * (f.lane % 4) + e % 2;
+                    bool hidden = masked && !(flash_visible(q0 + column, f.rows[e / 2], T_, f.tokens) && q0 + column < T_);
+                    p[nt][e] = hidden ? 0.0f : fast_exp2(p[nt][e] * f.scale_log2 - lse_s[buffer][column]);
+                    dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[buffer][column]);  // dSᵀ
+                }
+        };
         // only the diagonal block (causal), [PAD] keys (BERT) or queries past T_ (the last block) hide anything
-        const bool masked = key_tokens || qb == f.block || q0 + FLASH_ROWS > T_;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int column = nt * 8 + 2 * (f.lane % 4) + e % 2;
-                bool hidden = masked && !(flash_visible(q0 + column, f.rows[e / 2], T_, f.tokens) && q0 + column < T_);
-                p[nt][e] = hidden ? 0.0f : exp2f(p[nt][e] * f.scale_log2 - lse_s[buffer][column]);
-                dp[nt][e] = p[nt][e] * (dp[nt][e] - dot_s[buffer][column]);  // dSᵀ
-            }
+        if (key_tokens || qb == f.block || q0 + FLASH_ROWS > T_) probabilities(std::true_type());
+        else probabilities(std::false_type());
         flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
         flash_accumulate<HS>(dk, dp, q_tile);    // dK += dSᵀ·Q (scaled below)
     }
@@ -414,17 +431,20 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kern
         float p[8][4], ds[8][4];
         flash_scores<HS>(p, q, k_tiles[buffer]);
         flash_scores<HS>(ds, g, v_tiles[buffer]);  // dP = dO·Vᵀ
+        auto score_gradients = [&](auto masked) {  // std::true_type: the pairs hidden from each other get 0
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
+                    bool hidden = masked && !flash_visible(f.rows[e / 2], key, T_, f.tokens);
+                    float prob = hidden ? 0.0f : fast_exp2(p[nt][e] * f.scale_log2 - row_lse[e / 2]);
+                    ds[nt][e] = prob * (ds[nt][e] - row_dot[e / 2]);
+                }
+        };
         // only the diagonal block (causal) or [PAD] keys (BERT) hide anything: keys past T_ lie in the last block
-        const bool masked = key_tokens || kb == f.block;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = kb * FLASH_ROWS + nt * 8 + 2 * (f.lane % 4) + e % 2;
-                bool hidden = masked && !flash_visible(f.rows[e / 2], key, T_, f.tokens);
-                float prob = hidden ? 0.0f : exp2f(p[nt][e] * f.scale_log2 - row_lse[e / 2]);
-                ds[nt][e] = prob * (ds[nt][e] - row_dot[e / 2]);
-            }
+        if (key_tokens || kb == f.block) score_gradients(std::true_type());
+        else score_gradients(std::false_type());
         flash_accumulate<HS>(dq, ds, k_tiles[buffer]);  // dQ += dS·K (scaled below)
     }
     f.store(dqkv + (long)f.b * T_ * 3 * f.C + f.h * HS, 3L * f.C, dq, {scale, scale}, T_);
