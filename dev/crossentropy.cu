@@ -1,0 +1,198 @@
+/*
+Fused softmax + cross-entropy over the first V of Vp logit columns, in FP32, as train_int4's loss runs it:
+    loss_r   = log Σ_v exp(x_rv) − x_r,target                     (0 when target = −1)
+    dlogit_rv = (softmax(x_r)_v − [v = target]) · scale           (0 in padding columns and when target = −1)
+the gradient overwriting the logits in place. T is float (FP32 mode) or __nv_bfloat16 (BF16 and INT4 modes).
+
+Compile: make dev/crossentropy
+Run:     ./dev/crossentropy [version]   validate, then time 32768 rows x 50304 (GPT-2's padded vocab), bf16 and
+                                        fp32, and x 20000 in fp32 (a row version 2 holds)
+         ./dev/crossentropy --check     validate every version (PASS/FAIL lines), nothing timed
+
+version 1: kernels/crossentropy.h's streamed kernel (any V): one block per row; a running (max, Σ exp) per
+           thread over one read of the row, merged over the block; a second read writes the gradient
+version 2: kernels/crossentropy.h's row-in-registers kernel (Vp up to 53,248 BF16 or 26,624 FP32): one read into
+           registers, a block max, a block Σ exp, one write. The trainer's path whenever the row fits
+*/
+#include <math.h>
+#include <string.h>
+#include <type_traits>
+#include <vector>
+#include "../kernels/common.h"
+#include "../kernels/crossentropy.h"
+#include "../kernels/rng.h"
+#include "timing.h"
+
+#define SEED 1337u
+#define N_VERSIONS 2
+
+// ----------------------------------------------------------------------------------------------------------------
+// CPU reference in double from the same (BF16-rounded where T is bf16) logits
+
+static void crossentropy_cpu(std::vector<double>* losses, std::vector<double>* grads, const std::vector<float>& x,
+                             const std::vector<int>& targets, int rows, int V, int Vp, double scale) {
+    losses->assign(rows, 0.0);
+    grads->assign((size_t)rows * Vp, 0.0);
+    for (int r = 0; r < rows; r++) {
+        const float* row = &x[(size_t)r * Vp];
+        int target = targets[r];
+        if (target < 0) continue;
+        double maxval = -INFINITY, sum = 0.0;
+        for (int v = 0; v < V; v++) maxval = fmax(maxval, row[v]);
+        for (int v = 0; v < V; v++) sum += exp(row[v] - maxval);
+        (*losses)[r] = log(sum) + maxval - row[target];
+        for (int v = 0; v < V; v++) (*grads)[(size_t)r * Vp + v] = (exp(row[v] - maxval) / sum - (v == target)) * scale;
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// the versions on the GPU
+
+// version 2 takes the rows the trainer gives it (cudaMalloc's pointers are 256-byte aligned: only Vp matters)
+template <typename T> static bool version_fits(int version, int Vp) {
+    return version == 1 || crossentropy_fits_in_registers((const T*)nullptr, Vp);
+}
+
+template <typename T> static T host_to(float v) {
+    if constexpr (std::is_same<T, float>::value) return v;
+    else return host_float_to_bf16(v);
+}
+
+template <typename T>
+static void run_version(int version, T* logits, float* losses, const int* targets, int rows, int V, int Vp, float scale) {
+    if (version == 1) {
+        bool vectorized = aligned16(logits) && (Vp * sizeof(T)) % 16 == 0;
+        crossentropy_streamed_kernel<<<rows, 512>>>(logits, losses, targets, V, Vp, scale, vectorized);
+    } else {
+        crossentropy_in_registers_kernel<<<rows, CROSSENTROPY_THREADS>>>(logits, losses, targets, V, Vp, scale);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// validation
+
+// logits ~ 3·N(0, 1) (a spread like a trained LM head's), rounded to T; every 7th row's target is −1
+template <typename T>
+static void make_inputs(std::vector<float>* x, std::vector<int>* targets, int rows, int V, int Vp) {
+    x->assign((size_t)rows * Vp, 0.0f);
+    targets->resize(rows);
+    for (int r = 0; r < rows; r++) {
+        for (int v = 0; v < Vp; v++) {
+            float value = v < V ? 3.0f * rng_normal(rng_key(SEED, 1), (uint32_t)((size_t)r * Vp + v)) : 1e4f;  // padding: large, must be ignored
+            (*x)[(size_t)r * Vp + v] = (float)host_to<T>(value);
+        }
+        (*targets)[r] = r % 7 == 3 ? -1 : (int)(rng_hash(SEED, 2, (uint32_t)r) % V);
+    }
+}
+
+// Tolerances. Losses: FP32 sums of V terms in an order unlike the CPU's, relative error ≲ V·2^-24 in the sum
+// (≤ 3e-3 for V = 50257 in the worst case, ~1e-5 typically), so |Δloss| ≤ 1e-4 + 1e-5·loss is generous for an
+// honest kernel and far below a wrong max or a dropped column. Gradients: FP32 math then rounding to T (bf16:
+// 2^-9 relative), so |Δg| ≤ 2^-8·|g| + 1e-6·scale; a wrong target, scale or padding column misses by far more.
+template <typename T>
+static bool check_version(int version, int rows, int V, int Vp) {
+    const char* type = std::is_same<T, float>::value ? "fp32" : "bf16";
+    if (!version_fits<T>(version, Vp)) {
+        printf("SKIP crossentropy version %d %s %d x %d: the row does not fit (16-byte rows of at most 53,248 BF16 / 26,624 FP32 values; version 1 runs it)\n",
+               version, type, rows, Vp);
+        return true;
+    }
+    std::vector<float> x;
+    std::vector<int> targets;
+    make_inputs<T>(&x, &targets, rows, V, Vp);
+    float scale = 1.0f / rows;
+    std::vector<double> losses_cpu, grads_cpu;
+    crossentropy_cpu(&losses_cpu, &grads_cpu, x, targets, rows, V, Vp, scale);
+    std::vector<T> host(x.size());
+    for (size_t i = 0; i < x.size(); i++) host[i] = host_to<T>(x[i]);
+    T* logits;
+    float* losses;
+    int* d_targets;
+    cudaCheck(cudaMalloc(&logits, host.size() * sizeof(T)));
+    cudaCheck(cudaMalloc(&losses, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_targets, rows * sizeof(int)));
+    cudaCheck(cudaMemcpy(logits, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_targets, targets.data(), rows * sizeof(int), cudaMemcpyHostToDevice));
+    run_version(version, logits, losses, d_targets, rows, V, Vp, scale);
+    std::vector<float> losses_gpu(rows);
+    cudaCheck(cudaMemcpy(losses_gpu.data(), losses, rows * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(host.data(), logits, host.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaFree(logits));
+    cudaCheck(cudaFree(losses));
+    cudaCheck(cudaFree(d_targets));
+    double worst_loss = 0.0, worst_grad = 0.0;  // largest |error| / tolerance
+    for (int r = 0; r < rows; r++) {
+        double tolerance = 1e-4 + 1e-5 * fabs(losses_cpu[r]);
+        worst_loss = fmax(worst_loss, fabs(losses_gpu[r] - losses_cpu[r]) / tolerance);
+        if (!(losses_gpu[r] == losses_gpu[r])) worst_loss = INFINITY;  // NaN
+    }
+    for (size_t i = 0; i < host.size(); i++) {
+        double g = (double)(float)host[i], tolerance = ldexp(fabs(grads_cpu[i]), -8) + 1e-6 * scale;
+        double ratio = fabs(g - grads_cpu[i]) / tolerance;
+        worst_grad = ratio == ratio ? fmax(worst_grad, ratio) : INFINITY;
+    }
+    bool ok = worst_loss <= 1.0 && worst_grad <= 1.0;
+    printf("%s crossentropy version %d %s %d rows x V %d (Vp %d): max |error| / tolerance: loss %.3f, gradient %.3f\n",
+           ok ? "PASS" : "FAIL", version, type, rows, V, Vp, worst_loss, worst_grad);
+    return ok;
+}
+
+// GPT-2's vocabulary, a small one not a multiple of the vector width, and one too long for the registers
+static bool check_all(int first, int last) {
+    bool ok = true;
+    for (int version = first; version <= last; version++) {
+        ok = check_version<__nv_bfloat16>(version, 64, 50257, 50304) && ok;
+        ok = check_version<float>(version, 64, 50257, 50304) && ok;
+        ok = check_version<float>(version, 64, 20000, 20000) && ok;
+        ok = check_version<__nv_bfloat16>(version, 37, 259, 384) && ok;
+        ok = check_version<float>(version, 37, 100, 101) && ok;
+        ok = check_version<__nv_bfloat16>(version, 8, 70000, 70016) && ok;
+    }
+    return ok;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// benchmark: the logits are overwritten by their gradients each launch, which keeps them in range
+
+template <typename T>
+static void benchmark(int version, int rows, int V, int Vp) {
+    if (!version_fits<T>(version, Vp)) return;
+    std::vector<float> x;
+    std::vector<int> targets;
+    make_inputs<T>(&x, &targets, rows, V, Vp);
+    std::vector<T> host(x.size());
+    for (size_t i = 0; i < x.size(); i++) host[i] = host_to<T>(x[i]);
+    T* logits;
+    float* losses;
+    int* d_targets;
+    cudaCheck(cudaMalloc(&logits, host.size() * sizeof(T)));
+    cudaCheck(cudaMalloc(&losses, rows * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_targets, rows * sizeof(int)));
+    cudaCheck(cudaMemcpy(logits, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_targets, targets.data(), rows * sizeof(int), cudaMemcpyHostToDevice));
+    float ms = mean_launch_ms([&](int) { run_version(version, logits, losses, d_targets, rows, V, Vp, 1.0f / rows); }, 2, 10);
+    double bytes = 2.0 * rows * Vp * sizeof(T);  // the least any version moves: the row read once and written once
+    printf("version %d %s %d x %d | %7.3f ms | %6.0f GB/s counting one read and one write\n", version,
+           std::is_same<T, float>::value ? "fp32" : "bf16", rows, Vp, ms, bytes / ms / 1e6);
+    cudaCheck(cudaFree(logits));
+    cudaCheck(cudaFree(losses));
+    cudaCheck(cudaFree(d_targets));
+}
+
+int main(int argc, char** argv) {
+    if (argc > 1 && !strcmp(argv[1], "--check")) return check_all(1, N_VERSIONS) ? EXIT_SUCCESS : EXIT_FAILURE;
+    int first = 1, last = N_VERSIONS;
+    if (argc > 1) first = last = atoi(argv[1]);
+    if (argc > 2 || first < 1 || last > N_VERSIONS) {
+        fprintf(stderr, "usage: %s [--check | VERSION (1 to %d)]\n", argv[0], N_VERSIONS);
+        return EXIT_FAILURE;
+    }
+    if (!check_all(first, last)) return EXIT_FAILURE;
+    for (int version = first; version <= last; version++) {
+        benchmark<__nv_bfloat16>(version, 32768, 50257, 50304);
+        benchmark<float>(version, 32768, 50257, 50304);
+        benchmark<float>(version, 32768, 20000, 20000);
+    }
+    return EXIT_SUCCESS;
+}
