@@ -116,7 +116,7 @@ template <typename T> struct ActivationTensors {
     float* ln2_mean;   // (L, B, T)
     float* ln2_rstd;   // (L, B, T)
     T* fch;            // (L, B, T, 4C)
-    T* fch_gelu;       // (L, B, T, 4C)
+    T* fch_gelu;       // (B, T, 4C): one layer's GELU output, recomputed from fch in the backward (as llm.c)
     T* residual3;      // (L, B, T, C)
     T* lnf;            // (B, T, C)
     float* lnf_mean;   // (B, T)
@@ -215,7 +215,7 @@ size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& c
     a->residual2 = take_t(L * BT * C);
     a->ln2 = take_t(L * BT * C);
     a->fch = take_t(L * BT * 4 * C);
-    a->fch_gelu = take_t(L * BT * 4 * C);
+    a->fch_gelu = take_t(BT * 4 * C);
     a->residual3 = take_t(L * BT * C);
     a->lnf = take_t(BT * C);
     a->logits = take_t(BT * Vp);
@@ -368,7 +368,7 @@ template <typename T> LayerActivations<T> layer_activations(GPT<T>* model, int l
     bool flash = attention_is_flash<T>(model->config.channels / model->config.num_heads);
     AttentionSaved<T> att = {flash ? nullptr : a.att + l * rows * model->T_, flash ? a.att_lse2 + l * rows : nullptr};
     return {l == 0 ? a.encoded : a.residual3 + (l - 1) * NC, a.ln1 + l * NC, a.qkv + l * 3 * NC, a.atty + l * NC,
-            att, a.residual2 + l * NC, a.ln2 + l * NC, a.fch + l * 4 * NC, a.fch_gelu + l * 4 * NC,
+            att, a.residual2 + l * NC, a.ln2 + l * NC, a.fch + l * 4 * NC, a.fch_gelu,
             a.residual3 + l * NC};
 }
 
@@ -531,6 +531,8 @@ template <typename T> void gpt_backward(GPT<T>* model) {
         (void)residual3;  // the backward starts from the residual-stream gradient instead
         const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
         if (model->dropout > 0.0f) { gpt_dropout(model, a.btc, a.dresidual, l, 3); dbranch = a.btc; }
+        // GELU's output is not kept per layer (4C of the ~16C values a block saves per token): recomputed here
+        gelu_forward(fch_gelu, fch, (long)N * 4 * C, s);
         linear_backward(model, l, 3, a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, dbranch, fch_gelu,
                         p.fcprojw + (size_t)l * C * 4 * C, 4 * C, C);
         gelu_backward(a.bt4c, fch, a.bt4c, (long)N * 4 * C, s);
@@ -1018,6 +1020,7 @@ template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
         if (!linear_is_quantized(model, l)) continue;
         LayerActivations<T> la = layer_activations(model, l);
         ParameterTensors<T>& p = model->params;
+        gelu_forward(la.fch_gelu, la.fch, (long)N * 4 * C, model->stream);  // one layer's buffer: recomputed
         const T* inputs[4] = {la.ln1, la.atty, la.ln2, la.fch_gelu};
         const T* weights[4] = {p.qkvw + (size_t)l * 3 * C * C, p.attprojw + (size_t)l * C * C,
                                p.fcw + (size_t)l * 4 * C * C, p.fcprojw + (size_t)l * C * 4 * C};
