@@ -183,9 +183,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_v2_
         flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
         flash_accumulate<HS>(dk, dp, q_tile);    // dK += dSᵀ·Q (scaled below)
     }
-    bf16* dqkv_head = dqkv + (long)f.b * T_ * 3 * f.C + f.h * HS;
-    f.store(dqkv_head + f.C, 3L * f.C, dk, {scale, scale}, T_);
-    f.store(dqkv_head + 2 * f.C, 3L * f.C, dv, {1.0f, 1.0f}, T_);
+    f.store_key_gradients(dqkv, dk, dv, scale, T_);
 }
 
 // dQ of one 64-query block: one block per (query block, head, batch row), heaviest first; each warp owns 16

@@ -69,6 +69,27 @@ static void run_version(int version, T* logits, float* losses, const int* target
     cudaCheck(cudaGetLastError());
 }
 
+// the logits (as T), per-row losses and targets on the device
+template <typename T> struct DeviceRows {
+    T* logits;
+    float* losses;
+    int* targets;
+    DeviceRows(const std::vector<float>& x, const std::vector<int>& t) {
+        std::vector<T> host(x.size());
+        for (size_t i = 0; i < x.size(); i++) host[i] = host_to<T>(x[i]);
+        cudaCheck(cudaMalloc(&logits, host.size() * sizeof(T)));
+        cudaCheck(cudaMalloc(&losses, t.size() * sizeof(float)));
+        cudaCheck(cudaMalloc(&targets, t.size() * sizeof(int)));
+        cudaCheck(cudaMemcpy(logits, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(targets, t.data(), t.size() * sizeof(int), cudaMemcpyHostToDevice));
+    }
+    ~DeviceRows() {
+        cudaCheck(cudaFree(logits));
+        cudaCheck(cudaFree(losses));
+        cudaCheck(cudaFree(targets));
+    }
+};
+
 // ----------------------------------------------------------------------------------------------------------------
 // validation
 
@@ -104,23 +125,14 @@ static bool check_version(int version, int rows, int V, int Vp) {
     float scale = 1.0f / rows;
     std::vector<double> losses_cpu, grads_cpu;
     crossentropy_cpu(&losses_cpu, &grads_cpu, x, targets, rows, V, Vp, scale);
-    std::vector<T> host(x.size());
-    for (size_t i = 0; i < x.size(); i++) host[i] = host_to<T>(x[i]);
-    T* logits;
-    float* losses;
-    int* d_targets;
-    cudaCheck(cudaMalloc(&logits, host.size() * sizeof(T)));
-    cudaCheck(cudaMalloc(&losses, rows * sizeof(float)));
-    cudaCheck(cudaMalloc(&d_targets, rows * sizeof(int)));
-    cudaCheck(cudaMemcpy(logits, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(d_targets, targets.data(), rows * sizeof(int), cudaMemcpyHostToDevice));
-    run_version(version, logits, losses, d_targets, rows, V, Vp, scale);
     std::vector<float> losses_gpu(rows);
-    cudaCheck(cudaMemcpy(losses_gpu.data(), losses, rows * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(host.data(), logits, host.size() * sizeof(T), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaFree(logits));
-    cudaCheck(cudaFree(losses));
-    cudaCheck(cudaFree(d_targets));
+    std::vector<T> host(x.size());
+    {
+        DeviceRows<T> d(x, targets);
+        run_version(version, d.logits, d.losses, d.targets, rows, V, Vp, scale);
+        cudaCheck(cudaMemcpy(losses_gpu.data(), d.losses, rows * sizeof(float), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(host.data(), d.logits, host.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    }
     double worst_loss = 0.0, worst_grad = 0.0;  // largest |error| / tolerance
     for (int r = 0; r < rows; r++) {
         double tolerance = 1e-4 + 1e-5 * fabs(losses_cpu[r]);
@@ -161,23 +173,11 @@ static void benchmark(int version, int rows, int V, int Vp) {
     std::vector<float> x;
     std::vector<int> targets;
     make_inputs<T>(&x, &targets, rows, V, Vp);
-    std::vector<T> host(x.size());
-    for (size_t i = 0; i < x.size(); i++) host[i] = host_to<T>(x[i]);
-    T* logits;
-    float* losses;
-    int* d_targets;
-    cudaCheck(cudaMalloc(&logits, host.size() * sizeof(T)));
-    cudaCheck(cudaMalloc(&losses, rows * sizeof(float)));
-    cudaCheck(cudaMalloc(&d_targets, rows * sizeof(int)));
-    cudaCheck(cudaMemcpy(logits, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(d_targets, targets.data(), rows * sizeof(int), cudaMemcpyHostToDevice));
-    float ms = mean_launch_ms([&](int) { run_version(version, logits, losses, d_targets, rows, V, Vp, 1.0f / rows); }, 2, 10);
+    DeviceRows<T> d(x, targets);
+    float ms = mean_launch_ms([&](int) { run_version(version, d.logits, d.losses, d.targets, rows, V, Vp, 1.0f / rows); }, 2, 10);
     double bytes = 2.0 * rows * Vp * sizeof(T);  // the least any version moves: the row read once and written once
     printf("version %d %s %d x %d | %7.3f ms | %6.0f GB/s counting one read and one write\n", version,
            std::is_same<T, float>::value ? "fp32" : "bf16", rows, Vp, ms, bytes / ms / 1e6);
-    cudaCheck(cudaFree(logits));
-    cudaCheck(cudaFree(losses));
-    cudaCheck(cudaFree(d_targets));
 }
 
 int main(int argc, char** argv) {

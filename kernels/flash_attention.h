@@ -171,7 +171,29 @@ template <int HS> struct FlashBlock {
             }
         }
     }
+    // dK (times the score scale) and dV of this thread's rows into dqkv's k and v parts
+    __device__ __forceinline__ void store_key_gradients(bf16* dqkv, const float (&dk)[HS / 8][4],
+                                                        const float (&dv)[HS / 8][4], float scale, int T_) const {
+        bf16* dqkv_head = dqkv + (long)b * T_ * 3 * C + h * HS;
+        store(dqkv_head + C, 3L * C, dk, {scale, scale}, T_);
+        store(dqkv_head + 2 * C, 3L * C, dv, {1.0f, 1.0f}, T_);
+    }
 };
+
+// One step of the kernels' double-buffered loops over blocks: once every warp is done with the other buffer,
+// load(next, other buffer) starts the next block's copies into it (if next < end); then this block's copies
+// are waited for and made visible to every thread
+template <typename Load>
+__device__ __forceinline__ void flash_pipeline_step(int next, int end, int buffer, Load load) {
+    __syncthreads();
+    if (next < end) {
+        load(next, buffer ^ 1);
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
 
 // One key block of the online softmax: s (16 x 64 scores in scaled-log2 units, −inf where hidden) becomes
 // exp2(s − the rows' running maximum); the running maximum and this thread's part of the row sums move on,
@@ -253,14 +275,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(
     int key_blocks = key_tokens ? f.blocks : f.block + 1;
     for (int kb = 0; kb < key_blocks; kb++) {
         const int buffer = kb % 2;
-        __syncthreads();  // every warp is done with the other buffer (or the queries in it)
-        if (kb + 1 < key_blocks) {
-            load_key_block(kb + 1, buffer ^ 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // this block's K and V tiles have landed
+        flash_pipeline_step(kb + 1, key_blocks, buffer, load_key_block);
         float s[8][4];
         flash_scores<HS>(s, q, k_tiles[buffer]);
         auto scale_and_mask = [&](auto masked) {  // std::true_type: the pairs hidden from each other get −inf
@@ -347,14 +362,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_ker
     float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
     for (int qb = first; qb < f.blocks; qb++) {
         const int q0 = qb * FLASH_ROWS, buffer = (qb - first) % 2;
-        __syncthreads();  // every warp is done with the other buffers (or the keys and values in them)
-        if (qb + 1 < f.blocks) {
-            load_query_block(qb + 1, buffer ^ 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // this query block's tiles have landed
+        flash_pipeline_step(qb + 1, f.blocks, buffer, load_query_block);
         const FlashTile<HS>& q_tile = q_tiles[buffer];
         const FlashTile<HS>& dout_tile = dout_tiles[buffer];
         float p[8][4], dp[8][4];
@@ -377,9 +385,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_kv_ker
         flash_accumulate<HS>(dv, p, dout_tile);  // dV += Pᵀ·dO
         flash_accumulate<HS>(dk, dp, q_tile);    // dK += dSᵀ·Q (scaled below)
     }
-    bf16* dqkv_head = dqkv + (long)f.b * T_ * 3 * f.C + f.h * HS;
-    f.store(dqkv_head + f.C, 3L * f.C, dk, {scale, scale}, T_);
-    f.store(dqkv_head + 2 * f.C, 3L * f.C, dv, {1.0f, 1.0f}, T_);
+    f.store_key_gradients(dqkv, dk, dv, scale, T_);
 }
 
 // dQ of one 64-query block: one block per (query block, head, batch row), heaviest first; each warp owns 16
@@ -420,14 +426,7 @@ __global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_q_kern
     int key_blocks = key_tokens ? f.blocks : f.block + 1;
     for (int kb = 0; kb < key_blocks; kb++) {
         const int buffer = kb % 2;
-        __syncthreads();  // every warp is done with the other buffers (or the queries in them)
-        if (kb + 1 < key_blocks) {
-            load_key_block(kb + 1, buffer ^ 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // this key block's tiles have landed
+        flash_pipeline_step(kb + 1, key_blocks, buffer, load_key_block);
         float p[8][4], ds[8][4];
         flash_scores<HS>(p, q, k_tiles[buffer]);
         flash_scores<HS>(ds, g, v_tiles[buffer]);  // dP = dO·Vᵀ
