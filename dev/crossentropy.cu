@@ -9,10 +9,14 @@ Run:     ./dev/crossentropy [version]   validate, then time 32768 rows x 50304 (
                                         fp32, and x 20000 in fp32 (a row version 2 holds)
          ./dev/crossentropy --check     validate every version (PASS/FAIL lines), nothing timed
 
-version 1: kernels/crossentropy.h's streamed kernel (any V): one block per row; a running (max, Σ exp) per
-           thread over one read of the row, merged over the block; a second read writes the gradient
-version 2: kernels/crossentropy.h's row-in-registers kernel (Vp up to 53,248 BF16 or 26,624 FP32): one read into
-           registers, a block max, a block Σ exp, one write. The trainer's path whenever the row fits
+version 1: kernels/crossentropy.h (the trainer's): one block per row; a running (max, Σ exp) per thread over one
+           read of the row, merged over the block; a second read writes the gradient
+version 2: the row held in registers (Vp up to 53,248 BF16 or 26,624 FP32): one read, a block max, a block
+           Σ exp, one write. Less traffic, yet slower on the H200 (dev/results/bench_attention_crossentropy_h200.log:
+           4.02 vs 3.29 ms at 32768 x 50304 BF16; inside d12 training 4.70 ms per step against version 1's
+           3.97, profile_d12_bf16_877d4e4_h200.log vs profile_d12_bf16_h200.log). Not profiled; likely causes:
+           128 registers per thread allow one 512-thread block per SM, and version 1's second read of a row
+           it has just read may be served from L2
 */
 #include <math.h>
 #include <string.h>
@@ -48,21 +52,90 @@ static void crossentropy_cpu(std::vector<double>* losses, std::vector<double>* g
 // ----------------------------------------------------------------------------------------------------------------
 // the versions on the GPU
 
-// version 2 takes the rows the trainer gives it (cudaMalloc's pointers are 256-byte aligned: only Vp matters)
-template <typename T> static bool version_fits(int version, int Vp) {
-    return version == 1 || crossentropy_fits_in_registers((const T*)nullptr, Vp);
-}
-
 template <typename T> static T host_to(float v) {
     if constexpr (std::is_same<T, float>::value) return v;
     else return host_float_to_bf16(v);
+}
+
+#define CROSSENTROPY_THREADS 512
+// 16-byte vectors per thread: rows up to 53,248 BF16 or 26,624 FP32 logits, which holds GPT-2's padded
+// vocabulary (50,304) in BF16 within the 128 registers a thread of a 512-thread block may use (16 spills)
+#define CROSSENTROPY_PACKS 13
+
+// max (or sum) over the block, in every thread: warp results, then the warp totals in warp order
+template <bool MAX> __device__ __forceinline__ float crossentropy_block_reduce(float v, float* shared) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        float other = __shfl_xor_sync(0xffffffff, v, offset);
+        v = MAX ? fmaxf(v, other) : v + other;
+    }
+    __syncthreads();  // an earlier reduction's readers are done with `shared`
+    if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = shared[0];
+    for (int w = 1; w < CROSSENTROPY_THREADS / 32; w++) v = MAX ? fmaxf(v, shared[w]) : v + shared[w];
+    return v;
+}
+
+// Version 2, the row in registers (16-byte aligned rows that fit): one block per row, thread t holds the
+// 16-byte vectors t, t + 512, ... of the row; a block max, a block sum of exp(x − max), then the gradient
+// written from the registers: the row is read once and written once.
+template <typename T>
+__global__ void __launch_bounds__(CROSSENTROPY_THREADS) crossentropy_in_registers_kernel(T* logits, float* losses,
+                                                                                        const int* targets, int V,
+                                                                                        int Vp, float grad_scale) {
+    constexpr int P = Packed<T>::size;
+    __shared__ float shared[CROSSENTROPY_THREADS / 32];
+    T* x = logits + (long)blockIdx.x * Vp;
+    int target = targets[blockIdx.x];
+    float target_logit = threadIdx.x == 0 && target >= 0 ? to_float(x[target]) : 0.0f;
+    Packed<T> row[CROSSENTROPY_PACKS];
+    float maxval = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < CROSSENTROPY_PACKS; k++) {
+        int i = (k * CROSSENTROPY_THREADS + threadIdx.x) * P;
+        if (i < Vp) row[k] = Packed<T>::load(x + i);
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (i + j < V) maxval = fmaxf(maxval, to_float(row[k].values[j]));
+    }
+    maxval = crossentropy_block_reduce<true>(maxval, shared);
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CROSSENTROPY_PACKS; k++) {
+        int i = (k * CROSSENTROPY_THREADS + threadIdx.x) * P;
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (i + j < V) sum += expf(to_float(row[k].values[j]) - maxval);
+    }
+    sum = crossentropy_block_reduce<false>(sum, shared);
+    if (threadIdx.x == 0) losses[blockIdx.x] = target >= 0 ? logf(sum) + maxval - target_logit : 0.0f;
+    if (grad_scale == 0.0f) return;
+    float scale = grad_scale / sum;
+#pragma unroll
+    for (int k = 0; k < CROSSENTROPY_PACKS; k++) {
+        int i = (k * CROSSENTROPY_THREADS + threadIdx.x) * P;
+        if (i >= Vp) continue;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            int v = i + j;
+            float g = 0.0f;
+            if (v < V && target >= 0) g = expf(to_float(row[k].values[j]) - maxval) * scale - (v == target ? grad_scale : 0.0f);
+            row[k].values[j] = from_float<T>(g);
+        }
+        row[k].store(x + i);
+    }
+}
+
+// whether version 2 takes these rows: 16-byte rows (cudaMalloc's pointers are 256-byte aligned) that fit
+template <typename T> static bool version_fits(int version, int Vp) {
+    return version == 1 || ((Vp * sizeof(T)) % 16 == 0 && Vp <= CROSSENTROPY_PACKS * CROSSENTROPY_THREADS * Packed<T>::size);
 }
 
 template <typename T>
 static void run_version(int version, T* logits, float* losses, const int* targets, int rows, int V, int Vp, float scale) {
     if (version == 1) {
         bool vectorized = aligned16(logits) && (Vp * sizeof(T)) % 16 == 0;
-        crossentropy_streamed_kernel<<<rows, 512>>>(logits, losses, targets, V, Vp, scale, vectorized);
+        crossentropy_forward_backward_kernel<<<rows, 512>>>(logits, losses, targets, V, Vp, scale, vectorized);
     } else {
         crossentropy_in_registers_kernel<<<rows, CROSSENTROPY_THREADS>>>(logits, losses, targets, V, Vp, scale);
     }
