@@ -6,9 +6,11 @@
 // made it. The backward is two kernels so that nothing is summed with atomics (the trainer's runs repeat
 // bit for bit): one per key block accumulates dK and dV over query blocks, one per query block accumulates
 // dQ over key blocks; both recompute the scores. They read q, k, v straight from the qkv layout
-// (B, T, 3, NH, hs) and write dq, dk, dv straight into dqkv: no permutation passes.
-// Causal (GPT) or bidirectional with [PAD] keys masked (BERT: key_tokens). dev/attention.cu validates it
-// against a CPU reference and the cuBLASLt path of kernels/attention.h, and times both.
+// (B, T, 3, NH, hs) and write dq, dk, dv straight into dqkv: no permutation passes. Every kernel walks its
+// blocks with two shared-memory buffers: the next block's tiles load (cp.async) while the current ones are
+// multiplied. Causal (GPT) or bidirectional with [PAD] keys masked (BERT: key_tokens). dev/attention.cu
+// validates it (version 3) against a CPU reference, version 2 (no load pipeline: equal bits) and the cuBLASLt
+// path of kernels/attention.h (version 1), and times them.
 #pragma once
 #include <math.h>
 #include <type_traits>
