@@ -3,6 +3,7 @@
 # crash (exit code >= 128 = killed by a signal), a hang (every command runs under a 60 s timeout) or a pass.
 set -u
 cd "$(dirname "$0")/.."
+TRAIN_INT4=${TRAIN_INT4:-./train_int4}  # scripts/test_sanitized_tools.sh runs these cases on a sanitizer build
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 expect_error() {  # NAME PATTERN CMD...: exit code in 1..127, stderr+stdout's last line matches PATTERN
@@ -38,28 +39,28 @@ expect_error "dump corrupt record" "name.bin: record 0: truncated or bad name le
 expect_error "test_int4 unknown mode" "test_int4 modes 'fp32,fp64': expected a comma list of fp32, bf16, int4" ./test_int4 "$dump" fp32,fp64
 
 # train_int4 flags: each is rejected before any GPU work, with a message naming the flag
-expect_error "flag unknown" "unknown flag '-w'" ./train_int4 -w 1
-expect_error "flag missing value" "flag -b needs a value" ./train_int4 -b
-expect_error "flag non-numeric" "-x expects an integer" ./train_int4 -x ten
-expect_error "flag B <= 0" "-b expects an integer in \[1," ./train_int4 -b 0
-expect_error "flag negative lr" "-l expects a number in" ./train_int4 -l -1
-expect_error "flag bad precision" "-p expects fp32, bf16 or int4" ./train_int4 -p fp8
-expect_error "flag Hadamard block" "-q expects 16, 32, 64 or 128, got '48'" ./train_int4 -p int4 -q 48
-expect_error "flag keep ratio 0" "-r expects a keep ratio in (0, 1\], got '0'" ./train_int4 -p int4 -r 0
-expect_error "flag keep ratio > 1" "-r expects a number in \[0, 1\], got '1.5'" ./train_int4 -p int4 -r 1.5
-expect_error "flag width not a multiple of the block" "-q 64: the width C = 96 is not a multiple" ./train_int4 -p int4 -e 2:96:2 -q 64
-expect_error "flag BF16 layer list" "-k 0,7: expected comma-separated layer indices in \[0, 6)" ./train_int4 -p int4 -k 0,7
-expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" ./train_int4 -d 100
-expect_error "flag heads not dividing width" "NH dividing C" ./train_int4 -e 2:64:5
-expect_error "flag bad model descriptor" "use d1..d12" ./train_int4 -e d13
-expect_error "width beyond LayerNorm's registers" "-e 1:2560:20: width C = 2560 is above the 2048 that LayerNorm holds in registers in fp32 mode" ./train_int4 -p fp32 -e 1:2560:20
-expect_error "flag qstats without int4" "-qstats needs -p int4 and -o" ./train_int4 -qstats 10
-expect_error "flag negative spike limit" "-S expects a number in \[0, 1e+06\], got '-1'" ./train_int4 -S -1
-expect_error "flag -N without -o" "-N needs -o" ./train_int4 -N 2
-expect_error "flag -N out of range" "-N expects an integer in \[1, 64\], got '0'" ./train_int4 -N 0
-expect_error "flag -P out of range" "-P expects an integer in \[0, 1000\], got '-1'" ./train_int4 -P -1
+expect_error "flag unknown" "unknown flag '-w'" "$TRAIN_INT4" -w 1
+expect_error "flag missing value" "flag -b needs a value" "$TRAIN_INT4" -b
+expect_error "flag non-numeric" "-x expects an integer" "$TRAIN_INT4" -x ten
+expect_error "flag B <= 0" "-b expects an integer in \[1," "$TRAIN_INT4" -b 0
+expect_error "flag negative lr" "-l expects a number in" "$TRAIN_INT4" -l -1
+expect_error "flag bad precision" "-p expects fp32, bf16 or int4" "$TRAIN_INT4" -p fp8
+expect_error "flag Hadamard block" "-q expects 16, 32, 64 or 128, got '48'" "$TRAIN_INT4" -p int4 -q 48
+expect_error "flag keep ratio 0" "-r expects a keep ratio in (0, 1\], got '0'" "$TRAIN_INT4" -p int4 -r 0
+expect_error "flag keep ratio > 1" "-r expects a number in \[0, 1\], got '1.5'" "$TRAIN_INT4" -p int4 -r 1.5
+expect_error "flag width not a multiple of the block" "-q 64: the width C = 96 is not a multiple" "$TRAIN_INT4" -p int4 -e 2:96:2 -q 64
+expect_error "flag BF16 layer list" "-k 0,7: expected comma-separated layer indices in \[0, 6)" "$TRAIN_INT4" -p int4 -k 0,7
+expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" "$TRAIN_INT4" -d 100
+expect_error "flag heads not dividing width" "NH dividing C" "$TRAIN_INT4" -e 2:64:5
+expect_error "flag bad model descriptor" "use d1..d12" "$TRAIN_INT4" -e d13
+expect_error "width beyond LayerNorm's registers" "-e 1:2560:20: width C = 2560 is above the 2048 that LayerNorm holds in registers in fp32 mode" "$TRAIN_INT4" -p fp32 -e 1:2560:20
+expect_error "flag qstats without int4" "-qstats needs -p int4 and -o" "$TRAIN_INT4" -qstats 10
+expect_error "flag negative spike limit" "-S expects a number in \[0, 1e+06\], got '-1'" "$TRAIN_INT4" -S -1
+expect_error "flag -N without -o" "-N needs -o" "$TRAIN_INT4" -N 2
+expect_error "flag -N out of range" "-N expects an integer in \[1, 64\], got '0'" "$TRAIN_INT4" -N 0
+expect_error "flag -P out of range" "-P expects an integer in \[0, 1000\], got '-1'" "$TRAIN_INT4" -P -1
 expect_error "flag -N in a build without NCCL" "built without NCCL (NO_MULTI_GPU=1)" ./train_int4_single_gpu -N 2 -o "$tmp/mg"
-expect_error "flag resume without -o" "-y 1 needs -o" ./train_int4 -y 1
+expect_error "flag resume without -o" "-y 1 needs -o" "$TRAIN_INT4" -y 1
 
 # token shards: missing, empty, short header, wrong magic, wrong version, truncated, token >= vocab, too few tokens
 python3 - "$tmp" <<'PYEOF'
@@ -80,27 +81,27 @@ shard("few.bin", tokens[:100])
 # a complete tiny llm.c model file (version 3: maxT 16, V 256, L 1, NH 1, C 8, Vp 256; 3064 zero weights)
 open(f"{d}/tiny_model.bin", "wb").write(struct.pack("<256i", 20240326, 3, 16, 256, 1, 1, 8, 256, *([0] * 248)) + b"\0" * 4 * 3064)
 PYEOF
-expect_error "shard missing" "nope_\*.bin: no token shard matches" ./train_int4 -i "$tmp/nope_*.bin"
-expect_error "shard empty" "empty.bin: shorter than the 1024-byte shard header" ./train_int4 -i "$tmp/empty.bin"
-expect_error "shard short header" "short.bin: shorter than the 1024-byte shard header" ./train_int4 -i "$tmp/short.bin"
-expect_error "shard wrong magic" "magic.bin: bad magic 1234" ./train_int4 -i "$tmp/magic.bin"
-expect_error "shard wrong version" "version.bin: version 7, expected 1" ./train_int4 -i "$tmp/version.bin"
-expect_error "shard truncated" "truncated.bin: header says 20000 tokens" ./train_int4 -i "$tmp/truncated.bin"
-expect_error "shard token >= vocab" "vocab.bin: token 19999 is 300, not below the vocabulary size 256" ./train_int4 -i "$tmp/vocab.bin"
-expect_error "shard fewer tokens than a batch" "few.bin: 100 tokens, fewer than one batch needs" ./train_int4 -i "$tmp/few.bin"
-expect_error "val shard bad" "magic.bin: bad magic 1234" ./train_int4 -j "$tmp/magic.bin"
+expect_error "shard missing" "nope_\*.bin: no token shard matches" "$TRAIN_INT4" -i "$tmp/nope_*.bin"
+expect_error "shard empty" "empty.bin: shorter than the 1024-byte shard header" "$TRAIN_INT4" -i "$tmp/empty.bin"
+expect_error "shard short header" "short.bin: shorter than the 1024-byte shard header" "$TRAIN_INT4" -i "$tmp/short.bin"
+expect_error "shard wrong magic" "magic.bin: bad magic 1234" "$TRAIN_INT4" -i "$tmp/magic.bin"
+expect_error "shard wrong version" "version.bin: version 7, expected 1" "$TRAIN_INT4" -i "$tmp/version.bin"
+expect_error "shard truncated" "truncated.bin: header says 20000 tokens" "$TRAIN_INT4" -i "$tmp/truncated.bin"
+expect_error "shard token >= vocab" "vocab.bin: token 19999 is 300, not below the vocabulary size 256" "$TRAIN_INT4" -i "$tmp/vocab.bin"
+expect_error "shard fewer tokens than a batch" "few.bin: 100 tokens, fewer than one batch needs" "$TRAIN_INT4" -i "$tmp/few.bin"
+expect_error "val shard bad" "magic.bin: bad magic 1234" "$TRAIN_INT4" -j "$tmp/magic.bin"
 # model files: missing, wrong magic, bad version, truncated
-expect_error "flag T beyond max context" "-t 32 exceeds the model's maximum sequence length 16" ./train_int4 -e "$tmp/tiny_model.bin" -t 32
+expect_error "flag T beyond max context" "-t 32 exceeds the model's maximum sequence length 16" "$TRAIN_INT4" -e "$tmp/tiny_model.bin" -t 32
 head -c 1024 "$tmp/tiny_model.bin" > "$tmp/model_trunc.bin"; printf 'xxxx' >> "$tmp/model_trunc.bin"
 cp "$tmp/magic.bin" "$tmp/model_magic.bin"
 python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('<256i',20240326,4,1024,256,1,1,8,256,*([0]*248)))" "$tmp/model_version.bin"
-expect_error "model file missing" "nope_model.bin: cannot open model file" ./train_int4 -e "$tmp/nope_model.bin"
-expect_error "model file wrong magic" "model_magic.bin: bad magic 1234, expected 20240326" ./train_int4 -e "$tmp/model_magic.bin"
-expect_error "model file wrong version" "model_version.bin: model version 4, expected 3" ./train_int4 -e "$tmp/model_version.bin"
-expect_error "model file truncated" "model_trunc.bin: 1028 bytes, but the header's config needs 13280" ./train_int4 -e "$tmp/model_trunc.bin"
+expect_error "model file missing" "nope_model.bin: cannot open model file" "$TRAIN_INT4" -e "$tmp/nope_model.bin"
+expect_error "model file wrong magic" "model_magic.bin: bad magic 1234, expected 20240326" "$TRAIN_INT4" -e "$tmp/model_magic.bin"
+expect_error "model file wrong version" "model_version.bin: model version 4, expected 3" "$TRAIN_INT4" -e "$tmp/model_version.bin"
+expect_error "model file truncated" "model_trunc.bin: 1028 bytes, but the header's config needs 13280" "$TRAIN_INT4" -e "$tmp/model_trunc.bin"
 # output folder that cannot be written (a file where the folder should be)
 touch "$tmp/not_a_dir"
-expect_error "output folder unwritable" "-o $tmp/not_a_dir: cannot write" ./train_int4 -o "$tmp/not_a_dir"
+expect_error "output folder unwritable" "-o $tmp/not_a_dir: cannot write" "$TRAIN_INT4" -o "$tmp/not_a_dir"
 
 # BERT (-m bert): flags, task files, and model files of the other kind or with another classifier
 printf 'a\tone\nb\ttwo\n' > "$tmp/task_ab.tsv"
@@ -114,17 +115,17 @@ n = Vp * C + maxT * C + L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 *
 header = struct.pack("<256i", 20240326, 3, maxT, V, L, NH, C, Vp, 1, K, *([0] * 246))
 open(sys.argv[1] + "/bert_3class.bin", "wb").write(header + b"\0" * 4 * n)
 PYEOF
-expect_error "flag -m neither model nor number" "-m expects gpt, bert or a number of validation batches" ./train_int4 -m bart
-expect_error "flag -f without -m bert" "-f $tmp/task_ab.tsv: fine-tuning a classifier needs -m bert" ./train_int4 -f "$tmp/task_ab.tsv"
-expect_error "flag -F without -f" "-F $tmp/task_ab.tsv needs -f" ./train_int4 -m bert -F "$tmp/task_ab.tsv"
-expect_error "flag BERT sequence too short" "-m bert needs -t >= 3" ./train_int4 -m bert -t 2
-expect_error "flag -V with -m bert" "-V 300: BERT's vocabulary is fixed" ./train_int4 -m bert -V 300
-expect_error "task file missing" "nope.tsv: cannot open classification file" ./train_int4 -m bert -f "$tmp/nope.tsv"
-expect_error "task file without tab" "task_notab.tsv:1: expected label<TAB>text" ./train_int4 -m bert -f "$tmp/task_notab.tsv"
-expect_error "task held-out label unknown" "has label 'c', which the training file does not have" ./train_int4 -m bert -f "$tmp/task_ab.tsv" -F "$tmp/task_ac.tsv"
-expect_error "GPT model file with -m bert" "tiny_model.bin is a GPT model; use -m gpt" ./train_int4 -m bert -e "$tmp/tiny_model.bin"
-expect_error "BERT model file without -m bert" "bert_3class.bin is a BERT model; use -m bert" ./train_int4 -e "$tmp/bert_3class.bin" -t 8
-expect_error "classifier classes differ from the task" "has a classifier with 3 classes, $tmp/task_ab.tsv needs 2" ./train_int4 -m bert -e "$tmp/bert_3class.bin" -t 8 -f "$tmp/task_ab.tsv"
+expect_error "flag -m neither model nor number" "-m expects gpt, bert or a number of validation batches" "$TRAIN_INT4" -m bart
+expect_error "flag -f without -m bert" "-f $tmp/task_ab.tsv: fine-tuning a classifier needs -m bert" "$TRAIN_INT4" -f "$tmp/task_ab.tsv"
+expect_error "flag -F without -f" "-F $tmp/task_ab.tsv needs -f" "$TRAIN_INT4" -m bert -F "$tmp/task_ab.tsv"
+expect_error "flag BERT sequence too short" "-m bert needs -t >= 3" "$TRAIN_INT4" -m bert -t 2
+expect_error "flag -V with -m bert" "-V 300: BERT's vocabulary is fixed" "$TRAIN_INT4" -m bert -V 300
+expect_error "task file missing" "nope.tsv: cannot open classification file" "$TRAIN_INT4" -m bert -f "$tmp/nope.tsv"
+expect_error "task file without tab" "task_notab.tsv:1: expected label<TAB>text" "$TRAIN_INT4" -m bert -f "$tmp/task_notab.tsv"
+expect_error "task held-out label unknown" "has label 'c', which the training file does not have" "$TRAIN_INT4" -m bert -f "$tmp/task_ab.tsv" -F "$tmp/task_ac.tsv"
+expect_error "GPT model file with -m bert" "tiny_model.bin is a GPT model; use -m gpt" "$TRAIN_INT4" -m bert -e "$tmp/tiny_model.bin"
+expect_error "BERT model file without -m bert" "bert_3class.bin is a BERT model; use -m bert" "$TRAIN_INT4" -e "$tmp/bert_3class.bin" -t 8
+expect_error "classifier classes differ from the task" "has a classifier with 3 classes, $tmp/task_ab.tsv needs 2" "$TRAIN_INT4" -m bert -e "$tmp/bert_3class.bin" -t 8 -f "$tmp/task_ab.tsv"
 
 # state files for -y 1 (a run of -e 1:8:1, bf16): checked against the run before anything is written
 python3 - "$tmp" <<'PYEOF'
@@ -149,18 +150,18 @@ state("st_precision", precision=2)
 os.makedirs(f"{d}/st_none", exist_ok=True)
 PYEOF
 st="-e 1:8:1 -t 8 -b 1 -y 1"
-expect_error "state file missing" "-y 1: no state_\*.bin in $tmp/st_none" ./train_int4 $st -o "$tmp/st_none"
-expect_error "state file truncated" "state_00000005.bin: [0-9]* bytes, expected [0-9]* (truncated?)" ./train_int4 $st -o "$tmp/st_trunc"
-expect_error "state file wrong magic" "bad magic 77, expected 20261124 (not a state file)" ./train_int4 $st -o "$tmp/st_magic"
-expect_error "state file wrong version" "state version 7, expected 1" ./train_int4 $st -o "$tmp/st_version"
-expect_error "state file from another run" "model config (maxT 1024, V 256, Vp 256, L 2, NH 1, C 8, gpt, 0 classes) differs" ./train_int4 $st -o "$tmp/st_other_run"
-expect_error "state file of another precision" "written by a int4 run, this run is bf16" ./train_int4 $st -o "$tmp/st_precision"
+expect_error "state file missing" "-y 1: no state_\*.bin in $tmp/st_none" "$TRAIN_INT4" $st -o "$tmp/st_none"
+expect_error "state file truncated" "state_00000005.bin: [0-9]* bytes, expected [0-9]* (truncated?)" "$TRAIN_INT4" $st -o "$tmp/st_trunc"
+expect_error "state file wrong magic" "bad magic 77, expected 20261124 (not a state file)" "$TRAIN_INT4" $st -o "$tmp/st_magic"
+expect_error "state file wrong version" "state version 7, expected 1" "$TRAIN_INT4" $st -o "$tmp/st_version"
+expect_error "state file from another run" "model config (maxT 1024, V 256, Vp 256, L 2, NH 1, C 8, gpt, 0 classes) differs" "$TRAIN_INT4" $st -o "$tmp/st_other_run"
+expect_error "state file of another precision" "written by a int4 run, this run is bf16" "$TRAIN_INT4" $st -o "$tmp/st_precision"
 if ls "$tmp"/st_*/main.log >/dev/null 2>&1; then echo "FAIL state files rejected before anything is written: a main.log exists"
 else echo "PASS state files rejected before anything is written: no main.log in any of the -o folders"; fi
 
 # the GPU: none (this machine has no NVIDIA GPU), or not enough free memory for the model and batch
 if nvidia-smi -L >/dev/null 2>&1; then
-    expect_error "GPU memory too small for the model and batch" "need [0-9.]* GiB of GPU memory, [0-9.]* GiB are free" ./train_int4 -e d48 -b 512 -t 1024 -v 0
+    expect_error "GPU memory too small for the model and batch" "need [0-9.]* GiB of GPU memory, [0-9.]* GiB are free" "$TRAIN_INT4" -e d48 -b 512 -t 1024 -v 0
 else
-    expect_error "no GPU" "no CUDA device found (train_int4 needs an NVIDIA GPU)" ./train_int4 -x 1
+    expect_error "no GPU" "no CUDA device found (train_int4 needs an NVIDIA GPU)" "$TRAIN_INT4" -x 1
 fi
