@@ -52,11 +52,6 @@ static void crossentropy_cpu(std::vector<double>* losses, std::vector<double>* g
 // ----------------------------------------------------------------------------------------------------------------
 // the versions on the GPU
 
-template <typename T> static T host_to(float v) {
-    if constexpr (std::is_same<T, float>::value) return v;
-    else return host_float_to_bf16(v);
-}
-
 #define CROSSENTROPY_THREADS 512
 // 16-byte vectors per thread: rows up to 53,248 BF16 or 26,624 FP32 logits, which holds GPT-2's padded
 // vocabulary (50,304) in BF16 within the 128 registers a thread of a 512-thread block may use (16 spills)
@@ -149,7 +144,7 @@ template <typename T> struct DeviceRows {
     int* targets;
     DeviceRows(const std::vector<float>& x, const std::vector<int>& t) {
         std::vector<T> host(x.size());
-        for (size_t i = 0; i < x.size(); i++) host[i] = host_to<T>(x[i]);
+        for (size_t i = 0; i < x.size(); i++) host[i] = host_from_float<T>(x[i]);
         cudaCheck(cudaMalloc(&logits, host.size() * sizeof(T)));
         cudaCheck(cudaMalloc(&losses, t.size() * sizeof(float)));
         cudaCheck(cudaMalloc(&targets, t.size() * sizeof(int)));
@@ -174,7 +169,7 @@ static void make_inputs(std::vector<float>* x, std::vector<int>* targets, int ro
     for (int r = 0; r < rows; r++) {
         for (int v = 0; v < Vp; v++) {
             float value = v < V ? 3.0f * rng_normal(rng_key(SEED, 1), (uint32_t)((size_t)r * Vp + v)) : 1e4f;  // padding: large, must be ignored
-            (*x)[(size_t)r * Vp + v] = (float)host_to<T>(value);
+            (*x)[(size_t)r * Vp + v] = (float)host_from_float<T>(value);
         }
         (*targets)[r] = r % 7 == 3 ? -1 : (int)(rng_hash(SEED, 2, (uint32_t)r) % V);
     }
@@ -255,12 +250,8 @@ static void benchmark(int version, int rows, int V, int Vp) {
 
 int main(int argc, char** argv) {
     if (argc > 1 && !strcmp(argv[1], "--check")) return check_all(1, N_VERSIONS) ? EXIT_SUCCESS : EXIT_FAILURE;
-    int first = 1, last = N_VERSIONS;
-    if (argc > 1) first = last = atoi(argv[1]);
-    if (argc > 2 || first < 1 || last > N_VERSIONS) {
-        fprintf(stderr, "usage: %s [--check | VERSION (1 to %d)]\n", argv[0], N_VERSIONS);
-        return EXIT_FAILURE;
-    }
+    int first, last;
+    if (!dev_versions(argc, argv, N_VERSIONS, &first, &last)) return EXIT_FAILURE;
     if (!check_all(first, last)) return EXIT_FAILURE;
     for (int version = first; version <= last; version++) {
         benchmark<__nv_bfloat16>(version, 32768, 50257, 50304);

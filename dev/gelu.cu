@@ -84,18 +84,13 @@ template <typename T> static void run_version(int version, T* dx, T* y, const T*
 // ----------------------------------------------------------------------------------------------------------------
 // validation
 
-template <typename T> static T host_to(float v) {
-    if constexpr (std::is_same<T, float>::value) return v;
-    else return host_float_to_bf16(v);
-}
-
 // x ~ 2·N(0, 1) (pre-activations of a trained MLP reach a few units), g ~ N(0, 1), both rounded to T
 template <typename T> static void make_inputs(std::vector<float>* x, std::vector<float>* g, long n) {
     x->resize(n);
     g->resize(n);
     for (long i = 0; i < n; i++) {
-        (*x)[i] = (float)host_to<T>(2.0f * rng_normal(rng_key(SEED, 1), (uint32_t)i));
-        (*g)[i] = (float)host_to<T>(rng_normal(rng_key(SEED, 2), (uint32_t)i));
+        (*x)[i] = (float)host_from_float<T>(2.0f * rng_normal(rng_key(SEED, 1), (uint32_t)i));
+        (*g)[i] = (float)host_from_float<T>(rng_normal(rng_key(SEED, 2), (uint32_t)i));
     }
 }
 
@@ -104,7 +99,7 @@ template <typename T> struct DeviceTensors {
     T *x, *g, *y, *dx;
     DeviceTensors(const std::vector<float>& xs, const std::vector<float>& gs) {
         std::vector<T> hx(xs.size()), hg(gs.size());
-        for (size_t i = 0; i < xs.size(); i++) { hx[i] = host_to<T>(xs[i]); hg[i] = host_to<T>(gs[i]); }
+        for (size_t i = 0; i < xs.size(); i++) { hx[i] = host_from_float<T>(xs[i]); hg[i] = host_from_float<T>(gs[i]); }
         size_t bytes = xs.size() * sizeof(T);
         T** all[4] = {&x, &g, &y, &dx};
         for (T** p : all) cudaCheck(cudaMalloc(p, bytes));
@@ -188,12 +183,8 @@ template <typename T> static void benchmark(int version, long rows, long cols) {
 
 int main(int argc, char** argv) {
     if (argc > 1 && !strcmp(argv[1], "--check")) return check_all(1, N_VERSIONS) ? EXIT_SUCCESS : EXIT_FAILURE;
-    int first = 1, last = N_VERSIONS;
-    if (argc > 1) first = last = atoi(argv[1]);
-    if (argc > 2 || first < 1 || last > N_VERSIONS) {
-        fprintf(stderr, "usage: %s [--check | VERSION (1 to %d)]\n", argv[0], N_VERSIONS);
-        return EXIT_FAILURE;
-    }
+    int first, last;
+    if (!dev_versions(argc, argv, N_VERSIONS, &first, &last)) return EXIT_FAILURE;
     if (!check_all(first, last)) return EXIT_FAILURE;
     for (int version = first; version <= last; version++) {
         benchmark<__nv_bfloat16>(version, 32768, 3072);

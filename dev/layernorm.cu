@@ -267,10 +267,6 @@ void run_layernorm_backward(int version, T* dinp, float* dweight, float* dbias, 
 
 template <typename T> const char* type_name() { return std::is_same_v<T, float> ? "fp32" : "bf16"; }
 
-template <typename T> T host_from_float(float v) {
-    if constexpr (std::is_same_v<T, float>) return v;
-    else return host_float_to_bf16(v);
-}
 template <typename T> float host_to_float(T v) {
     if constexpr (std::is_same_v<T, float>) return v;
     else return __bfloat162float(v);

@@ -29,3 +29,16 @@ inline int rotating_copies(size_t bytes_per_launch) {
     if (bytes_per_launch >= 2 * (size_t)l2_bytes) return 1;
     return 1 + (int)CEIL_DIV(2 * (size_t)l2_bytes, bytes_per_launch);
 }
+
+// which versions a dev program's command line asks to validate and time: none named = all of 1..n_versions,
+// one number = that one; anything else prints the usage and returns false
+inline bool dev_versions(int argc, char** argv, int n_versions, int* first, int* last) {
+    *first = 1;
+    *last = n_versions;
+    if (argc > 1) *first = *last = atoi(argv[1]);
+    if (argc > 2 || *first < 1 || *last > n_versions) {
+        fprintf(stderr, "usage: %s [--check | VERSION (1 to %d)]\n", argv[0], n_versions);
+        return false;
+    }
+    return true;
+}

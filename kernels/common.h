@@ -2,6 +2,7 @@
 // one-line messages, and a ceil-div. Nothing here depends on a GPU being present.
 #pragma once
 #include <stdint.h>
+#include <type_traits>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -116,6 +117,10 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { retur
 
 // host-side conversion for copying parameters between FP32 master weights and the compute copy
 inline __nv_bfloat16 host_float_to_bf16(float f) { return __float2bfloat16_rn(f); }
+template <typename T> inline T host_from_float(float f) {
+    if constexpr (std::is_same<T, float>::value) return f;
+    else return host_float_to_bf16(f);
+}
 
 // 16 bytes of activations (8 BF16 or 4 FP32 values) moved as one vector load or store; the pointer must be
 // 16-byte aligned (kernels check `aligned16` on the host and otherwise move elements one by one)
