@@ -8,7 +8,7 @@ The weights are quantized once per optimizer step in a fused trainer, so their H
 on its own and subtracted from the forward ("fwd - wq").
 
 Compile: make dev/hq_linear
-Run:     ./dev/hq_linear            validate on a small shape against the CPU reference, then time the issue's shapes
+Run:     ./dev/hq_linear            validate (five shapes, FP32 and BF16) against the CPU reference, then time the issue's shapes
          ./dev/hq_linear --check    the validation only, one PASS/FAIL line per tensor
          ./dev/hq_linear N M K      one shape
 
@@ -17,6 +17,9 @@ dev/hadamard_quantize.cu (the transform + quantizer), dev/int4_gemm.cu (the GEMM
 dev/bitsplit_lss.cu (the bit split and LSS with on-device water-filling).
 */
 #include <string.h>
+#include <algorithm>
+#include <initializer_list>
+#include <type_traits>
 #include <vector>
 #include "../kernels/common.h"
 #include "../kernels/rng.h"
@@ -53,10 +56,11 @@ template <typename T> static T* upload(const std::vector<float>& host) {
     return device;
 }
 
-static std::vector<float> download(const float* device, size_t n) {
-    std::vector<float> host(n);
-    cudaCheck(cudaMemcpy(host.data(), device, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return host;
+// a device tensor of T as floats
+template <typename T> static std::vector<float> download(const T* device, size_t n) {
+    std::vector<T> host(n);
+    cudaCheck(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return std::vector<float>(host.begin(), host.end());
 }
 
 static size_t count_differences(const std::vector<float>& a, const std::vector<float>& b) {
@@ -65,31 +69,39 @@ static size_t count_differences(const std::vector<float>& a, const std::vector<f
     return n;
 }
 
-// FP32 layer on the GPU vs lss_linear_backward_cpu / hq_linear_forward_cpu: the same scalar functions in the
-// same FP32 order, so every output is equal bit for bit. (The one place the GPU rounds differently is the LSS
-// score, FP32 vs the CPU's double; a keep decision flips only if u lands within an ulp of p, ~N·2^-24 = 2e-5
-// for this shape.)
-static bool run_checks() {
-    const int N = 256, M = 192, K = 128;
+// The layer on the GPU with T tensors vs lss_linear_backward_cpu / hq_linear_forward_cpu on the same values
+// (BF16 inputs widened to FP32): the same scalar functions in the same FP32 order, so every output is equal bit
+// for bit — y and dX after rounding the CPU's FP32 result to T, dW in FP32. (The one place the GPU rounds
+// differently is the LSS score, FP64 sums in another order; a keep decision flips only if u lands within an ulp
+// of p, ~N·2^-24 = 6e-5 for these shapes.)
+template <typename T> static bool check_shape(int N, int M, int K, int g) {
+    const char* type = std::is_same<T, float>::value ? "fp32" : "bf16";
     std::vector<float> x, w, b, dy;
     fill_inputs(&x, &w, &b, &dy, N, M, K);
+    std::fill(dy.begin() + 3 * (size_t)M, dy.begin() + 4 * (size_t)M, 0.0f);  // a zero row: scale 0, score 0, p = 0
+    for (std::vector<float>* v : {&x, &w, &b, &dy}) {
+        for (float& f : *v) f = (float)host_from_float<T>(f);
+    }
     std::vector<float> xt((size_t)N * K), wt((size_t)M * K), y_ref((size_t)N * M);
     std::vector<int8_t> xc((size_t)N * K), wc((size_t)M * K);
-    hadamard_rows_cpu(x.data(), xt.data(), N, K, HADAMARD_BLOCK);
-    hadamard_rows_cpu(w.data(), wt.data(), M, K, HADAMARD_BLOCK);
+    hadamard_rows_cpu(x.data(), xt.data(), N, K, g);
+    hadamard_rows_cpu(w.data(), wt.data(), M, K, g);
     float steps[2] = {lsq_init_step_cpu(xt.data(), xt.size()), lsq_init_step_cpu(wt.data(), wt.size())};
-    hq_linear_forward_cpu(x.data(), w.data(), b.data(), N, M, K, HADAMARD_BLOCK, steps[0], steps[1], xt.data(),
-                          wt.data(), xc.data(), wc.data(), y_ref.data());
+    hq_linear_forward_cpu(x.data(), w.data(), b.data(), N, M, K, g, steps[0], steps[1], xt.data(), wt.data(),
+                          xc.data(), wc.data(), y_ref.data());
     std::vector<float> dx_ref((size_t)N * K), dw_ref((size_t)M * K), db_ref(M), dsteps_ref(2);
-    lss_linear_backward_cpu(dy.data(), xt.data(), wt.data(), xc.data(), wc.data(), N, M, K, HADAMARD_BLOCK, steps[0],
-                            steps[1], KEEP_RATIO, SEED, 0, 0, dx_ref.data(), dw_ref.data(), db_ref.data(),
-                            &dsteps_ref[0], &dsteps_ref[1]);
-    float *d_x = upload<float>(x), *d_w = upload<float>(w), *d_b = upload<float>(b), *d_dy = upload<float>(dy);
-    float *d_steps = upload<float>(std::vector<float>(steps, steps + 2)), *d_y, *d_dx, *d_dw, *d_db, *d_dsteps, *d_reduce;
+    lss_linear_backward_cpu(dy.data(), xt.data(), wt.data(), xc.data(), wc.data(), N, M, K, g, steps[0], steps[1],
+                            KEEP_RATIO, SEED, 0, 0, dx_ref.data(), dw_ref.data(), db_ref.data(), &dsteps_ref[0],
+                            &dsteps_ref[1]);
+    for (std::vector<float>* v : {&y_ref, &dx_ref}) {
+        for (float& f : *v) f = (float)host_from_float<T>(f);
+    }
+    T *d_x = upload<T>(x), *d_w = upload<T>(w), *d_b = upload<T>(b), *d_dy = upload<T>(dy), *d_y, *d_dx;
+    float *d_steps = upload<float>(std::vector<float>(steps, steps + 2)), *d_dw, *d_db, *d_dsteps, *d_reduce;
     float* d_lss_stats;
     cudaCheck(cudaMalloc(&d_lss_stats, 2 * sizeof(float)));
-    cudaCheck(cudaMalloc(&d_y, (size_t)N * M * sizeof(float)));
-    cudaCheck(cudaMalloc(&d_dx, (size_t)N * K * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_y, (size_t)N * M * sizeof(T)));
+    cudaCheck(cudaMalloc(&d_dx, (size_t)N * K * sizeof(T)));
     cudaCheck(cudaMalloc(&d_dw, (size_t)M * K * sizeof(float)));
     cudaCheck(cudaMalloc(&d_db, M * sizeof(float)));
     cudaCheck(cudaMalloc(&d_dsteps, 2 * sizeof(float)));
@@ -99,16 +111,17 @@ static bool run_checks() {
     cudaCheck(cudaMemset(d_dsteps, 0, 2 * sizeof(float)));
     QuantScratch scratch;
     quant_scratch_alloc(&scratch, N, std::max(M, K));
-    quant_linear_forward(d_y, d_x, d_w, d_b, N, K, M, HADAMARD_BLOCK, d_steps, d_steps + 1, scratch, 0);
-    quant_linear_backward(d_dx, d_dw, d_db, d_dsteps, d_dsteps + 1, d_dy, d_x, d_w, N, K, M, HADAMARD_BLOCK, d_steps,
-                          d_steps + 1, KEEP_RATIO, SEED, 0, 0, d_lss_stats, scratch, d_reduce, 0);
-    struct { const char* name; const float* device; const std::vector<float>* reference; } exact[] = {
-        {"y", d_y, &y_ref}, {"dX", d_dx, &dx_ref}, {"dW", d_dw, &dw_ref}};
+    quant_linear_forward(d_y, d_x, d_w, d_b, N, K, M, g, d_steps, d_steps + 1, scratch, 0);
+    quant_linear_backward(d_dx, d_dw, d_db, d_dsteps, d_dsteps + 1, d_dy, d_x, d_w, N, K, M, g, d_steps, d_steps + 1,
+                          KEEP_RATIO, SEED, 0, 0, d_lss_stats, scratch, d_reduce, 0);
+    struct { const char* name; std::vector<float> got; const std::vector<float>* reference; } exact[] = {
+        {"y", download(d_y, y_ref.size()), &y_ref}, {"dX", download(d_dx, dx_ref.size()), &dx_ref},
+        {"dW", download(d_dw, dw_ref.size()), &dw_ref}};
     bool ok = true;
     for (auto& o : exact) {
-        size_t bad = count_differences(download(o.device, o.reference->size()), *o.reference);
-        printf("%s hq_linear %s (%d x %d x %d, g=%d, rho=%.1f): %zu of %zu differ from the CPU reference\n",
-               bad == 0 ? "PASS" : "FAIL", o.name, N, M, K, HADAMARD_BLOCK, KEEP_RATIO, bad, o.reference->size());
+        size_t bad = count_differences(o.got, *o.reference);
+        printf("%s hq_linear %s %s (%d x %d x %d, g=%d, rho=%.1f): %zu of %zu differ from the CPU reference\n",
+               bad == 0 ? "PASS" : "FAIL", type, o.name, N, M, K, g, KEEP_RATIO, bad, o.reference->size());
         ok = ok && bad == 0;
     }
     // the bias and step gradients are sums of N (or N·K) terms, in FP32 partials on the GPU and in double on
@@ -124,12 +137,26 @@ static bool run_checks() {
             scale = fmaxf(scale, fabsf((*o.reference)[i]));
         }
         worst /= scale;
-        printf("%s hq_linear %s: max difference %.1e of the largest |value| (tolerance 1e-5: FP32 vs double sums)\n",
-               worst <= 1e-5f ? "PASS" : "FAIL", o.name, worst);
+        printf("%s hq_linear %s %s (%d x %d x %d, g=%d): max difference %.1e of the largest |value| (tolerance 1e-5: "
+               "FP32 vs double sums)\n", worst <= 1e-5f ? "PASS" : "FAIL", type, o.name, N, M, K, g, worst);
         ok = ok && worst <= 1e-5f;
     }
     quant_scratch_free(&scratch);
-    for (float* p : {d_x, d_w, d_b, d_dy, d_steps, d_y, d_dx, d_dw, d_db, d_dsteps, d_reduce, d_lss_stats}) cudaCheck(cudaFree(p));
+    for (void* p : std::initializer_list<void*>{d_x, d_w, d_b, d_dy, d_y, d_dx, d_steps, d_dw, d_db, d_dsteps, d_reduce,
+                                                d_lss_stats}) {
+        cudaCheck(cudaFree(p));
+    }
+    return ok;
+}
+
+// FP32 and BF16 tensors; shapes with N not a multiple of 16 (the ∇W GEMM's padding) or of a block, M a
+// multiple of 8 only, K of the Hadamard block only, and every block size
+static bool run_checks() {
+    const int shapes[][4] = {{256, 192, 128, 32}, {1000, 136, 96, 32}, {300, 64, 256, 16}, {300, 64, 256, 64},
+                             {300, 64, 256, 128}};
+    bool ok = true;
+    for (auto& sh : shapes) ok = check_shape<float>(sh[0], sh[1], sh[2], sh[3]) && ok;
+    for (auto& sh : shapes) ok = check_shape<__nv_bfloat16>(sh[0], sh[1], sh[2], sh[3]) && ok;
     return ok;
 }
 

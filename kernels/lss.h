@@ -1,5 +1,5 @@
 // Leverage score sampling of the token rows of a ∇W GEMM, all on the device (no host round trip):
-// scores ‖∇Y_i‖·‖X̂_i‖, water-filled probabilities p_i = min(1, c·score_i) with Σp = ρ·rows, the Bernoulli keep
+// scores ‖∇Y_i‖·‖X̂_i‖ (kernels/quant_linear.h's row pass computes them), water-filled probabilities p_i = min(1, c·score_i) with Σp = ρ·rows, the Bernoulli keep
 // u_i < p_i from the shared hash, and the kept rows compacted in increasing order with their p_i. Squares and
 // water-filling sums run in FP64 like the CPU reference (lss_scores_cpu, lss_probabilities_cpu): every term is
 // exact in FP64, so GPU and CPU differ only in summation order (~1e-16), and probabilities agree to the ulp
@@ -53,50 +53,18 @@ __device__ int lss_block_exclusive_count(bool flag, int* total, int* shared_coun
     return before;
 }
 
-// scores_i = ‖dy_i‖·‖x̂_i‖ with x̂ = FP32(code·|s_x|), squares summed in FP64; one block per row, each thread's
-// columns in order (loads unrolled ahead of the sums), then warp and block sums in a fixed order
-template <typename T>
-__global__ void lss_scores_kernel(float* scores, const T* dy, int M, const int8_t* codes_x, int K, const float* step_x) {
-    __shared__ double shared[2][32];
-    long row = blockIdx.x;
-    float step_abs = fabsf(*step_x);
-    double dy_sq = 0.0, x_sq = 0.0;
-#pragma unroll 8
-    for (int c = threadIdx.x; c < M; c += blockDim.x) {
-        float g = to_float(dy[row * M + c]);
-        dy_sq += (double)g * g;
-    }
-#pragma unroll 8
-    for (int c = threadIdx.x; c < K; c += blockDim.x) {
-        float x_hat = F32_MUL((float)codes_x[row * K + c], step_abs);
-        x_sq += (double)x_hat * x_hat;
-    }
-    dy_sq = lss_warp_sum(dy_sq);
-    x_sq = lss_warp_sum(x_sq);
-    if (threadIdx.x % 32 == 0) {
-        shared[0][threadIdx.x / 32] = dy_sq;
-        shared[1][threadIdx.x / 32] = x_sq;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        dy_sq = x_sq = 0.0;
-        for (int w = 0; w < (int)blockDim.x / 32; w++) {
-            dy_sq += shared[0][w];
-            x_sq += shared[1][w];
-        }
-        scores[row] = (float)(sqrt(dy_sq) * sqrt(x_sq));
-    }
-}
-
 // Water-filling, keep and compaction in one block. c solves Σ min(1, c·score_i) = ρ·rows by Newton's method
 // from c = ρ·rows / Σscore: c ← (ρ·rows − #clamped) / Σ unclamped scores; the function is concave and
 // increasing, so the clamped set only grows and a step that adds no row ends it (a handful of steps). If no
 // more rows than ρ·rows have a positive score, every one of them gets p = 1 (lss_probabilities_cpu).
 // Outputs: kept_rows / kept_probs [0, *n_kept) in increasing row order; if not null: stats[0] = kept
 // fraction, stats[1] = the variance proxy Σ(1/p − 1)·score² / (Σ score)² (telemetry), probs (rows) every
-// p_i, *iterations the Newton steps (dev/bitsplit_lss.cu checks them).
+// p_i, *iterations the Newton steps (dev/bitsplit_lss.cu checks them), and *kept_absmax_bits the largest
+// |dy_ij / p_i| over kept rows as float bits, from row_absmax_i = max_j |dy_ij|: division by p > 0 is monotonic
+// in IEEE rounding, so max_j fl(|dy_ij| / p) = fl(max_j |dy_ij| / p) — the same bits as over every element.
 __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_kept, float* stats, float* probs,
-                                     int* iterations, const float* scores, int rows, float keep_ratio, uint32_t key) {
+                                     int* iterations, unsigned int* kept_absmax_bits, const float* scores,
+                                     const float* row_absmax, int rows, float keep_ratio, uint32_t key) {
     __shared__ int shared_count[32];
     __shared__ double shared_sum[32];
     double target = (double)keep_ratio * rows;
@@ -133,6 +101,7 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
     }
     int kept = 0;
     double extra_variance = 0.0;
+    unsigned int kept_absmax = 0;
     for (int tile = 0; tile < rows; tile += blockDim.x) {
         int i = tile + threadIdx.x;
         float p = 0.0f;
@@ -149,11 +118,18 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
         if (keep) {
             kept_rows[position] = i;
             kept_probs[position] = p;
+            if (kept_absmax_bits) kept_absmax = max(kept_absmax, __float_as_uint(__fdiv_rn(row_absmax[i], p)));
         }
         kept += kept_in_tile;
     }
     int unused = 0;
     lss_block_count_sum(&unused, &extra_variance, shared_count, shared_sum);
+    if (kept_absmax_bits) {  // non-negative float bits fit an int: the block maximum through shared_count
+        kept_absmax = __reduce_max_sync(0xffffffff, kept_absmax);
+        if (threadIdx.x % 32 == 0) shared_count[threadIdx.x / 32] = (int)kept_absmax;
+        __syncthreads();
+        for (int w = 0; w < (int)blockDim.x / 32; w++) kept_absmax = max(kept_absmax, (unsigned int)shared_count[w]);
+    }
     if (threadIdx.x == 0) {
         *n_kept = kept;
         if (stats) {
@@ -161,5 +137,6 @@ __global__ void lss_keep_rows_kernel(int* kept_rows, float* kept_probs, int* n_k
             stats[1] = total > 0.0 ? (float)(extra_variance / (total * total)) : 0.0f;
         }
         if (iterations) *iterations = steps;
+        if (kept_absmax_bits) *kept_absmax_bits = kept_absmax;
     }
 }

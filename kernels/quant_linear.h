@@ -31,38 +31,7 @@ inline void int8_matmul_tn(int32_t* c, const int8_t* a, const int8_t* b, int m, 
     cublaslt_run(desc, layout_a, layout_b, layout_c, &alpha, a, b, &beta, c, stream);
 }
 
-// The block Hadamard transform of 32·R consecutive values held by a warp, lane l holding values l + 32r
-// (R = max(1, G/32)): stages h < 32 exchange with lane l ^ h, stages h >= 32 pair registers r and r + h/32.
-// Every stage forms the same a+b / a−b from the same operands as hadamard_block_inplace, so the result is
-// bit-identical to it. For G = 16 a warp holds two blocks and the exchanges stay within each half.
-template <int G>
-__device__ __forceinline__ void hadamard_warp(float* v) {
-    constexpr int R = G >= 32 ? G / 32 : 1;
-    int lane = threadIdx.x % 32;
-#pragma unroll
-    for (int h = 1; h < G; h *= 2) {
-        if (h < 32) {
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                float partner = __shfl_xor_sync(0xffffffff, v[r], h);
-                v[r] = (lane & h) ? F32_SUB(partner, v[r]) : F32_ADD(v[r], partner);
-            }
-        } else {
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                if (r & (h / 32)) continue;
-                float a = v[r], b = v[r + h / 32];
-                v[r] = F32_ADD(a, b);
-                v[r + h / 32] = F32_SUB(a, b);
-            }
-        }
-    }
-    float norm = hadamard_norm(G);
-#pragma unroll
-    for (int r = 0; r < R; r++) v[r] = F32_MUL(v[r], norm);
-}
-
-// The same block Hadamard transform with lane l holding the V contiguous values lV .. lV+V−1 of 32·V consecutive
+// The block Hadamard transform with lane l holding the V contiguous values lV .. lV+V−1 of 32·V consecutive
 // values (G <= 32·V, V <= G): stages h < V pair registers i and i + h, stages h >= V exchange with lane l ^ (h/V).
 // Every stage forms the same a+b / a−b from the same operands as hadamard_block_inplace: bit-identical to it.
 template <int G, int V>
@@ -91,27 +60,20 @@ __device__ __forceinline__ void hadamard_lanes(float* v) {
     for (int i = 0; i < V; i++) v[i] = F32_MUL(v[i], norm);
 }
 
-// 16 bytes of T: the values one lane of hadamard_quantize_kernel loads at once
-template <typename T>
-struct alignas(16) Vector16 {
-    T x[16 / sizeof(T)];
-};
-
 // codes = q(v·H) for a flat tensor of total values (a multiple of G; blocks never cross rows), one INT4 code per
 // byte (the s8 GEMM's operand). A thread per V = 16/sizeof(T) contiguous values: one 16-byte load, the transform
 // in registers and shuffles (hadamard_lanes), one V-byte store. v must be 16-byte aligned.
 template <typename T, int G>
 __global__ void hadamard_quantize_kernel(int8_t* codes, const T* v, long total, const float* step) {
-    constexpr int V = 16 / sizeof(T);
-    static_assert(V == 4 || V == 8, "T is float or a 16-bit type");
+    constexpr int V = Packed<T>::size;
     long e = ((long)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (e - (long)(threadIdx.x % 32) * V >= total) return;  // the whole warp: its first value is past the end
     bool inside = e < total;  // a lane's V values (and a G-block) are all inside or all outside: V | G | total
     float x[V];
-    Vector16<T> in;
-    if (inside) in = *reinterpret_cast<const Vector16<T>*>(v + e);
+    Packed<T> in;
+    if (inside) in = Packed<T>::load(v + e);
 #pragma unroll
-    for (int i = 0; i < V; i++) x[i] = inside ? to_float(in.x[i]) : 0.0f;
+    for (int i = 0; i < V; i++) x[i] = inside ? to_float(in.values[i]) : 0.0f;
     hadamard_lanes<G, V>(x);
     if (!inside) return;
     float step_abs = fabsf(*step);
@@ -145,71 +107,90 @@ __global__ void transpose_codes_kernel(int8_t* out, const int8_t* in, int rows, 
     }
 }
 
-// y = acc · (|s_x|·|s_w|) + b, rounded like the reference (product, then sum); a block row per output row
-// (blockIdx.x = row, blockIdx.y·blockDim.x + threadIdx.x = column), one thread per value
+// y = acc · (|s_x|·|s_w|) + b, rounded like the reference (product, then sum); a thread per P = 16/sizeof(T)
+// consecutive values of a row (M % P == 0): two or one 16-byte loads of acc, one 16-byte store
 template <typename T>
-__global__ void dequantize_bias_kernel(T* out, const int32_t* acc, const T* bias, long rows, int M, const float* step_x,
+__global__ void dequantize_bias_kernel(T* out, const int32_t* acc, const T* bias, int vectors, int M, const float* step_x,
                                        const float* step_w) {
-    int c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (c >= M) return;
-    long i = (long)blockIdx.x * M + c;
+    constexpr int P = Packed<T>::size;
+    int vector = blockIdx.x * blockDim.x + threadIdx.x;
+    if (vector >= vectors) return;
+    long i = (long)vector * P;
+    int c = (vector % (M / P)) * P;
     float scale = __fmul_rn(fabsf(*step_x), fabsf(*step_w));
-    float y = __fmul_rn((float)acc[i], scale);
-    out[i] = from_float<T>(bias ? __fadd_rn(y, to_float(bias[c])) : y);
+    int32_t a[P];
+#pragma unroll
+    for (int k = 0; k < P; k += 4) *reinterpret_cast<int4*>(a + k) = *reinterpret_cast<const int4*>(acc + i + k);
+    Packed<T> y;
+#pragma unroll
+    for (int k = 0; k < P; k++) {
+        float v = __fmul_rn((float)a[k], scale);
+        y.values[k] = from_float<T>(bias ? __fadd_rn(v, to_float(bias[c + k])) : v);
+    }
+    y.store(out + i);
 }
 
-// per-row bit split of dy (rows x M): one block per row, max |g| by a block reduction, then
-// operand = 14·high + low with u = rng(key, row·M + col)
+// The row pass of the backward over dy (rows x M): one warp per row, lane l holding the 16-byte vectors l, l+32, ..
+// First max |g| and Σg² (FP64, exact terms) in one read, and Σx̂² over the row's codes (x̂ = code·|s_x|, FP64);
+// then the row again (from cache) into the ∇X GEMM's INT8 operand 14·high + low, u = rng(key, row·M + col), 8 or
+// 4 bytes per store. Per row it writes max |g| (LSS's kept-row maximum reads it), the ∇X coefficient |s_w| / scale
+// (0 for an all-zero row) and the leverage score ‖g‖·‖x̂‖. M % (16/sizeof(T)) == 0, K % 16 == 0, rows 16-byte aligned.
 template <typename T>
-__global__ void bitsplit_rows_kernel(int8_t* operand, float* row_scale, const T* dy, int M, uint32_t key) {
-    __shared__ float shared[32];
-    long row = blockIdx.x;
-    const T* g = dy + row * M;
+__global__ void bitsplit_scores_rows_kernel(int8_t* operand, float* row_absmax, float* row_coef, float* scores,
+                                            const T* dy, int rows, int M, const int8_t* codes_x, int K,
+                                            const float* step_x, const float* step_w, uint32_t key) {
+    constexpr int V = Packed<T>::size;
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;  // the whole warp
+    const T* g_row = dy + (long)row * M;
     float absmax = 0.0f;
-#pragma unroll 8
-    for (int c = threadIdx.x; c < M; c += blockDim.x) absmax = fmaxf(absmax, fabsf(to_float(g[c])));
+    double dy_sq = 0.0, x_sq = 0.0;
+#pragma unroll 4
+    for (int c = lane * V; c < M; c += 32 * V) {
+        Packed<T> g = Packed<T>::load(g_row + c);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            float v = to_float(g.values[i]);
+            absmax = fmaxf(absmax, fabsf(v));
+            dy_sq += (double)v * v;
+        }
+    }
+    float step_abs = fabsf(*step_x);
+    const int8_t* codes_row = codes_x + (long)row * K;
+    for (int k = lane * 16; k < K; k += 32 * 16) {
+        uint4 bits = *reinterpret_cast<const uint4*>(codes_row + k);
+        const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float x_hat = F32_MUL((float)(int8_t)(words[i / 4] >> (8 * (i % 4))), step_abs);
+            x_sq += (double)x_hat * x_hat;
+        }
+    }
     for (int offset = 16; offset > 0; offset /= 2) absmax = fmaxf(absmax, __shfl_xor_sync(0xffffffff, absmax, offset));
-    if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = absmax;
-    __syncthreads();
-    absmax = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) absmax = fmaxf(absmax, shared[w]);
+    dy_sq = lss_warp_sum(dy_sq);
+    x_sq = lss_warp_sum(x_sq);
     float scale = bitsplit_scale(absmax);
-    if (threadIdx.x == 0) row_scale[row] = scale;
-    for (int c = threadIdx.x; c < M; c += blockDim.x) {
-        float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)(row * M + c)));
-        operand[row * M + c] = (int8_t)bitsplit_value(to_float(g[c]), scale, u, nullptr, nullptr);
+    if (lane == 0) {
+        row_absmax[row] = absmax;
+        row_coef[row] = scale > 0.0f ? __fdiv_rn(fabsf(*step_w), scale) : 0.0f;
+        scores[row] = (float)(sqrt(dy_sq) * sqrt(x_sq));
     }
-}
-
-#define KEPT_ABSMAX_ROWS 8  // kept rows per block of kept_absmax_kernel
-
-// the largest |dy_i / p_i| over kept rows (as float bits, for atomicMax on non-negative floats). A block per
-// KEPT_ABSMAX_ROWS kept rows, threads along the columns; the block's max of the bits, then one atomicMax
-template <typename T>
-__global__ void kept_absmax_kernel(unsigned int* absmax_bits, const T* dy, int M, const int* kept_rows,
-                                   const float* kept_probs, const int* n_kept) {
-    __shared__ unsigned int shared[32];
-    __shared__ int block_rows[KEPT_ABSMAX_ROWS];
-    __shared__ float block_probs[KEPT_ABSMAX_ROWS];
-    int j0 = blockIdx.x * KEPT_ABSMAX_ROWS, rows = min(*n_kept - j0, KEPT_ABSMAX_ROWS);
-    if (rows <= 0) return;  // the whole block
-    if (threadIdx.x < rows) {
-        block_rows[threadIdx.x] = kept_rows[j0 + threadIdx.x];
-        block_probs[threadIdx.x] = kept_probs[j0 + threadIdx.x];
-    }
-    __syncthreads();
-    unsigned int best = 0;
-    for (int r = 0; r < rows; r++) {
-        const T* g = dy + (long)block_rows[r] * M;
-        float p = block_probs[r];
-        for (int c = threadIdx.x; c < M; c += blockDim.x) best = max(best, __float_as_uint(fabsf(__fdiv_rn(to_float(g[c]), p))));
-    }
-    best = __reduce_max_sync(0xffffffff, best);
-    if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = best;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < (int)blockDim.x / 32; w++) best = max(best, shared[w]);
-        atomicMax(absmax_bits, best);
+    for (int c = lane * V; c < M; c += 32 * V) {
+        Packed<T> g = Packed<T>::load(g_row + c);
+        uint32_t words[V / 4];
+#pragma unroll
+        for (int w = 0; w < V / 4; w++) words[w] = 0;
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            float u = rng_uniform_from_bits(rng_hash_keyed(key, (uint32_t)((long)row * M + c + i)));
+            int op = bitsplit_value(to_float(g.values[i]), scale, u, nullptr, nullptr);
+            words[i / 4] |= (uint32_t)(uint8_t)(int8_t)op << (8 * (i % 4));
+        }
+        if constexpr (V == 8) {
+            *reinterpret_cast<uint2*>(operand + (long)row * M + c) = make_uint2(words[0], words[1]);
+        } else {
+            *reinterpret_cast<uint32_t*>(operand + (long)row * M + c) = words[0];
+        }
     }
 }
 
@@ -281,76 +262,68 @@ __global__ void lss_gather_kernel(int8_t* operand_t, int8_t* codes_t, const T* d
 
 // Backward finish for one operand: v̂-gradient = acc · coef (coef per row, or the tensor's), the
 // straight-through mask on ṽ = v·H (recomputed), step-gradient partial Σ v̂-grad · term(ṽ), and the gradient
-// back through H. out: written (TOut = activation type) or accumulated (FP32 weight gradient). Threads map to
-// values as hadamard_warp holds them (a warp per 32·R values), in a grid-stride loop over a fixed grid that
-// loads U iterations ahead; each value's row is stepped along without division.
-// Step-gradient partials: one per thread block, summed in order by lsq_step_grad_finish_kernel.
+// back through H. out: written (TOut = activation type) or accumulated (FP32 weight gradient). Lane l of a warp
+// holds the V = 16/sizeof(TIn) consecutive values lV .. lV+V−1 of 32·V (one 16-byte load of v, V/4 of acc), the
+// transforms in registers and shuffles (hadamard_lanes); a grid-stride loop over a fixed grid steps each lane's
+// row along without division. Step-gradient partials: one per block, summed by lsq_step_grad_finish_kernel.
 template <typename TIn, typename TOut, int G>
 __global__ void quant_backward_finish_kernel(TOut* out, bool accumulate, float* step_partials, const int32_t* acc,
                                              const float* row_coef, const float* tensor_coef, const TIn* v, int rows,
                                              int K, const float* step) {
-    constexpr int R = G >= 32 ? G / 32 : 1, U = R < 4 ? 4 / R : 1;
+    constexpr int V = Packed<TIn>::size, VO = Packed<TOut>::size;
     __shared__ float shared[32];
     long total = (long)rows * K;
-    long warp = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32, warps = (long)gridDim.x * blockDim.x / 32;
-    long first = warp * 32 * R, stride = warps * 32 * R;
     int lane = threadIdx.x % 32;
-    int row = (int)(first / K), col = (int)(first % K);  // of the warp's next iteration's first value
+    long warp = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32, warps = (long)gridDim.x * blockDim.x / 32;
+    long first = warp * 32 * V + lane * V, stride = warps * 32 * V;  // this lane's first value; V | K: one row
+    int row = (int)(first / K), col = (int)(first % K);
     int stride_rows = (int)(stride / K), stride_cols = (int)(stride % K);
     float partial = 0.0f;
     float step_abs = fabsf(*step);
     float coef_tensor = row_coef ? 0.0f : *tensor_coef;
-    for (long base0 = first; base0 < total; base0 += U * stride) {  // warp-uniform
-        float v_in[U][R], coef[U][R];
-        int32_t acc_in[U][R];
+    for (long e = first; e - lane * V < total; e += stride) {  // warp-uniform: the warp's first value is inside
+        bool inside = e < total;
+        float v_tilde[V], grad[V];
+        int32_t a[V];
+        if (inside) {
+            Packed<TIn> in = Packed<TIn>::load(v + e);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            long base = base0 + u * stride;
+            for (int i = 0; i < V; i++) v_tilde[i] = to_float(in.values[i]);
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                long e = base + lane + 32 * r;
-                bool inside = e < total;
-                v_in[u][r] = inside ? to_float(v[e]) : 0.0f;
-                acc_in[u][r] = inside ? acc[e] : 0;
-                coef[u][r] = coef_tensor;
-                if (row_coef && inside) {
-                    int value_row = row, value_col = col + lane + 32 * r;
-                    while (value_col >= K) {  // only when K is not a multiple of 32·R
-                        value_col -= K;
-                        value_row++;
-                    }
-                    coef[u][r] = row_coef[value_row];
-                }
-            }
-            row += stride_rows;
-            col += stride_cols;
-            if (col >= K) {
-                col -= K;
-                row++;
+            for (int i = 0; i < V; i += 4) *reinterpret_cast<int4*>(a + i) = *reinterpret_cast<const int4*>(acc + e + i);
+        } else {
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                v_tilde[i] = 0.0f;
+                a[i] = 0;
             }
         }
+        float coef = row_coef ? (inside ? row_coef[row] : 0.0f) : coef_tensor;
+        hadamard_lanes<G, V>(v_tilde);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            long base = base0 + u * stride;
-            if (base >= total) break;
-            float v_tilde[R], grad[R];
+        for (int i = 0; i < V; i++) {
+            float grad_hat = __fmul_rn((float)a[i], coef);
+            partial += grad_hat * lsq_step_grad_term(v_tilde[i], step_abs);
+            grad[i] = __fmul_rn(grad_hat, lsq_in_range(v_tilde[i], step_abs) ? 1.0f : 0.0f);
+        }
+        hadamard_lanes<G, V>(grad);
+        if (inside) {
 #pragma unroll
-            for (int r = 0; r < R; r++) v_tilde[r] = v_in[u][r];
-            hadamard_warp<G>(v_tilde);
+            for (int j = 0; j < V; j += VO) {
+                Packed<TOut> o;
+                if (accumulate) o = Packed<TOut>::load(out + e + j);
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                long e = base + lane + 32 * r;
-                float grad_hat = 0.0f;
-                if (e < total) grad_hat = __fmul_rn((float)acc_in[u][r], coef[u][r]);
-                partial += grad_hat * lsq_step_grad_term(v_tilde[r], step_abs);
-                grad[r] = __fmul_rn(grad_hat, lsq_in_range(v_tilde[r], step_abs) ? 1.0f : 0.0f);
+                for (int i = 0; i < VO; i++) {
+                    o.values[i] = from_float<TOut>(accumulate ? to_float(o.values[i]) + grad[j + i] : grad[j + i]);
+                }
+                o.store(out + e + j);
             }
-            hadamard_warp<G>(grad);
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                long e = base + lane + 32 * r;
-                if (e < total) out[e] = accumulate ? from_float<TOut>(to_float(out[e]) + grad[r]) : from_float<TOut>(grad[r]);
-            }
+        }
+        row += stride_rows;
+        col += stride_cols;
+        if (col >= K) {
+            col -= K;
+            row++;
         }
     }
     for (int offset = 16; offset > 0; offset /= 2) partial += __shfl_xor_sync(0xffffffff, partial, offset);
@@ -363,10 +336,13 @@ __global__ void quant_backward_finish_kernel(TOut* out, bool accumulate, float* 
     }
 }
 
-// grad_step += sign(s) · Σ partials / √(numel·7), summed in order in double by one thread
+// grad_step += sign(s) · Σ partials / √(numel·7): one warp, each lane summing every 32nd partial in order in
+// double, then a fixed shuffle tree
 __global__ void lsq_step_grad_finish_kernel(float* grad_step, const float* partials, int n, const float* step, double numel) {
     double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += partials[i];
+    for (int i = threadIdx.x; i < n; i += 32) sum += partials[i];
+    sum = lss_warp_sum(sum);
+    if (threadIdx.x != 0) return;
     float g = (float)(sum / sqrt(numel * 7.0));
     *grad_step += *step > 0.0f ? g : (*step < 0.0f ? -g : 0.0f);
 }
@@ -377,23 +353,21 @@ __global__ void tensor_coef_kernel(float* coef, const unsigned int* absmax_bits,
     *coef = scale > 0.0f ? F32_DIV(fabsf(*step_x), scale) : 0.0f;
 }
 
-// row_coef[i] = |s_w| / scale_i (0 for an all-zero row)
-__global__ void row_coef_kernel(float* coef, const float* row_scale, int rows, const float* step_w) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < rows) coef[i] = row_scale[i] > 0.0f ? __fdiv_rn(fabsf(*step_w), row_scale[i]) : 0.0f;
-}
-
-// Scratch for the largest layer; reused by every quantized layer (one layer at a time on one stream)
+// Scratch for the largest layer; reused by every quantized layer (one layer at a time). LSS's single-block
+// water-filling runs on side_stream while the ∇X GEMM and finish run on the layer's stream (two events join them)
 struct QuantScratch {
     int8_t *codes_x, *codes_w, *codes_w_t, *operand, *operand_t, *codes_x_t;
     int32_t* acc;
-    float *row_scale, *row_coef, *scores, *kept_probs, *step_partials, *tensor_coef;
+    float *row_absmax, *row_coef, *scores, *kept_probs, *step_partials, *tensor_coef;
     int *kept_rows, *n_kept;
     unsigned int* absmax_bits;
+    cudaStream_t side_stream;
+    cudaEvent_t rows_done, keep_done;
 };
 
 #define QUANT_THREADS 128
-#define FINISH_MAX_BLOCKS 1024  // the backward finish's fixed grid, and its step-gradient partials
+#define ROW_PASS_WARPS 8         // rows (one per warp) per block of bitsplit_scores_rows_kernel
+#define FINISH_MAX_BLOCKS 2048  // the backward finish's fixed grid (full occupancy), and its step-gradient partials
 
 // the scratch buffers for N rows and dimensions up to max_dim: where each pointer lives and its size in bytes
 #define QUANT_SCRATCH_BUFFERS 16
@@ -403,7 +377,7 @@ inline void quant_scratch_layout(QuantScratch* s, long N, int max_dim, void** wh
     size_t big = std::max(n, dim) * dim;
     void** pointers[QUANT_SCRATCH_BUFFERS] = {
         (void**)&s->codes_x, (void**)&s->codes_w, (void**)&s->codes_w_t, (void**)&s->operand, (void**)&s->operand_t,
-        (void**)&s->codes_x_t, (void**)&s->acc, (void**)&s->row_scale, (void**)&s->row_coef, (void**)&s->scores,
+        (void**)&s->codes_x_t, (void**)&s->acc, (void**)&s->row_absmax, (void**)&s->row_coef, (void**)&s->scores,
         (void**)&s->kept_probs, (void**)&s->kept_rows, (void**)&s->step_partials, (void**)&s->absmax_bits,
         (void**)&s->n_kept, (void**)&s->tensor_coef};
     size_t sizes[QUANT_SCRATCH_BUFFERS] = {
@@ -431,6 +405,9 @@ inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
     size_t bytes[QUANT_SCRATCH_BUFFERS];
     quant_scratch_layout(s, N, max_dim, where, bytes);
     for (int i = 0; i < QUANT_SCRATCH_BUFFERS; i++) cudaCheck(cudaMalloc(where[i], bytes[i]));
+    cudaCheck(cudaStreamCreateWithFlags(&s->side_stream, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&s->rows_done, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&s->keep_done, cudaEventDisableTiming));
 }
 
 inline void quant_scratch_free(QuantScratch* s) {
@@ -438,23 +415,25 @@ inline void quant_scratch_free(QuantScratch* s) {
     size_t bytes[QUANT_SCRATCH_BUFFERS];
     quant_scratch_layout(s, 1, 1, where, bytes);
     for (void** p : where) cudaCheck(cudaFree(*p));
+    cudaCheck(cudaStreamDestroy(s->side_stream));
+    cudaCheck(cudaEventDestroy(s->rows_done));
+    cudaCheck(cudaEventDestroy(s->keep_done));
 }
 
-// thread blocks for a warp per 32·max(1, g/32) values of a rows x K tensor
-inline long quant_blocks(long rows, int K, int g) {
-    long warps = CEIL_DIV(rows * K, 32L * std::max(1, g / 32));
-    return CEIL_DIV(warps, QUANT_THREADS / 32);
+// the layer's kernels move 16-byte vectors: pointers 16-byte aligned, rows a whole number of vectors
+inline void quant_check_vectors(const char* what, const void* p, long row_bytes) {
+    if (!aligned16(p) || row_bytes % 16 != 0) {
+        fprintf(stderr, "%s: needs a 16-byte aligned tensor whose rows are a multiple of 16 bytes (row: %ld bytes)\n",
+                what, row_bytes);
+        exit(EXIT_FAILURE);
+    }
 }
-
 
 // codes = q(v·H) (rows x K), and if codes_transposed is not null also its transpose (K x rows)
 template <typename T>
 void hadamard_quantize(int8_t* codes, int8_t* codes_transposed, const T* v, int rows, int K, int g, const float* step,
                        cudaStream_t stream) {
-    if ((uintptr_t)v % 16 != 0) {
-        fprintf(stderr, "hadamard_quantize: the input must be 16-byte aligned\n");
-        exit(EXIT_FAILURE);
-    }
+    quant_check_vectors("hadamard_quantize", v, (long)K * sizeof(T));
     long total = (long)rows * K, blocks = CEIL_DIV(total / (long)(16 / sizeof(T)), QUANT_THREADS);
     switch (g) {
         case 16: hadamard_quantize_kernel<T, 16><<<blocks, QUANT_THREADS, 0, stream>>>(codes, v, total, step); break;
@@ -475,7 +454,10 @@ template <typename TIn, typename TOut>
 void quant_backward_finish(TOut* out, bool accumulate, const int32_t* acc, const float* row_coef,
                            const float* tensor_coef, const TIn* v, int rows, int K, int g, const float* step,
                            float* grad_step, float* step_partials, cudaStream_t stream) {
-    long blocks = std::min(quant_blocks(rows, K, g), (long)FINISH_MAX_BLOCKS);
+    quant_check_vectors("quant_backward_finish", v, (long)K * sizeof(TIn));
+    quant_check_vectors("quant_backward_finish", out, (long)K * sizeof(TOut));
+    long vectors = (long)rows * K / Packed<TIn>::size;
+    long blocks = std::min(CEIL_DIV(vectors, (long)QUANT_THREADS), (long)FINISH_MAX_BLOCKS);
     switch (g) {
         case 16: quant_backward_finish_kernel<TIn, TOut, 16><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
         case 32: quant_backward_finish_kernel<TIn, TOut, 32><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
@@ -483,7 +465,7 @@ void quant_backward_finish(TOut* out, bool accumulate, const int32_t* acc, const
         default: quant_backward_finish_kernel<TIn, TOut, 128><<<blocks, QUANT_THREADS, 0, stream>>>(out, accumulate, step_partials, acc, row_coef, tensor_coef, v, rows, K, step); break;
     }
     cudaCheck(cudaGetLastError());
-    lsq_step_grad_finish_kernel<<<1, 1, 0, stream>>>(grad_step, step_partials, (int)blocks, step, (double)rows * K);
+    lsq_step_grad_finish_kernel<<<1, 32, 0, stream>>>(grad_step, step_partials, (int)blocks, step, (double)rows * K);
     cudaCheck(cudaGetLastError());
 }
 
@@ -495,7 +477,9 @@ void quant_linear_forward(T* out, const T* inp, const T* weight, const T* bias, 
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, (int8_t*)nullptr, weight, M, K, g, step_w, stream);
     int8_matmul_tn(s.acc, s.codes_w, s.codes_x, M, N, K, stream);  // column-major M x N = row-major N x M
-    dequantize_bias_kernel<<<dim3(N, CEIL_DIV(M, 256)), 256, 0, stream>>>(out, s.acc, bias, N, M, step_x, step_w);
+    quant_check_vectors("quant_linear_forward", out, (long)M * sizeof(T));
+    int vectors = (int)((long)N * M / Packed<T>::size);
+    dequantize_bias_kernel<<<CEIL_DIV(vectors, 256), 256, 0, stream>>>(out, s.acc, bias, vectors, M, step_x, step_w);
     cudaCheck(cudaGetLastError());
 }
 
@@ -513,27 +497,28 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, s.codes_w_t, weight, M, K, g, step_w, stream);
     if (dbias) bias_backward(dbias, dout, N, M, reduce_scratch, stream);
-    // ∇X: per-row bit split, s8 GEMM over M, then mask / step gradient / Hadamard per block
+    // one pass over dout's rows: the ∇X operand (per-row bit split) and coefficients, the leverage scores
+    quant_check_vectors("quant_linear_backward", dout, (long)M * sizeof(T));
     uint32_t key_dx = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_DX_ROUND));
-    bitsplit_rows_kernel<<<N, 256, 0, stream>>>(s.operand, s.row_scale, dout, M, key_dx);
+    bitsplit_scores_rows_kernel<<<CEIL_DIV(N, ROW_PASS_WARPS), 32 * ROW_PASS_WARPS, 0, stream>>>(
+        s.operand, s.row_absmax, s.row_coef, s.scores, dout, N, M, s.codes_x, K, step_x, step_w, key_dx);
     cudaCheck(cudaGetLastError());
+    // LSS on the side stream (one block, latency-bound): water-filling, keep, compaction, max |dy_i / p_i|
+    uint32_t key_keep = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_LSS_KEEP));
+    cudaCheck(cudaEventRecord(s.rows_done, stream));
+    cudaCheck(cudaStreamWaitEvent(s.side_stream, s.rows_done, 0));
+    lss_keep_rows_kernel<<<1, LSS_KEEP_THREADS, 0, s.side_stream>>>(s.kept_rows, s.kept_probs, s.n_kept, lss_stats,
+                                                                    (float*)nullptr, (int*)nullptr, s.absmax_bits,
+                                                                    s.scores, s.row_absmax, N, keep_ratio, key_keep);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaEventRecord(s.keep_done, s.side_stream));
+    // ∇X: s8 GEMM over M, then mask / step gradient / Hadamard per block
     int8_matmul_tn(s.acc, s.codes_w_t, s.operand, K, N, M, stream);  // row-major N x K
-    row_coef_kernel<<<CEIL_DIV(N, 256), 256, 0, stream>>>(s.row_coef, s.row_scale, N, step_w);
     quant_backward_finish(dinp, false, s.acc, s.row_coef, (const float*)nullptr, inp, N, K, g, step_x, dstep_x,
                           s.step_partials, stream);
-    // ∇W: leverage scores, water-filling, keep and compaction on the device; kept rows gathered (scaled by
-    // 1/p) and bit-split with one tensor scale; the s8 GEMM over n_padded token columns (zeros past n_kept)
-    lss_scores_kernel<<<N, 256, 0, stream>>>(s.scores, dout, M, s.codes_x, K, step_x);
-    cudaCheck(cudaGetLastError());
-    uint32_t key_keep = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_LSS_KEEP));
-    lss_keep_rows_kernel<<<1, LSS_KEEP_THREADS, 0, stream>>>(s.kept_rows, s.kept_probs, s.n_kept, lss_stats,
-                                                             (float*)nullptr, (int*)nullptr, s.scores, N, keep_ratio,
-                                                             key_keep);
-    cudaCheck(cudaGetLastError());
-    cudaCheck(cudaMemsetAsync(s.absmax_bits, 0, sizeof(unsigned int), stream));
-    kept_absmax_kernel<<<CEIL_DIV(N, KEPT_ABSMAX_ROWS), 256, 0, stream>>>(s.absmax_bits, dout, M, s.kept_rows,
-                                                                          s.kept_probs, s.n_kept);
-    cudaCheck(cudaGetLastError());
+    // ∇W: kept rows gathered (scaled by 1/p) and bit-split with one tensor scale; the s8 GEMM over n_padded token
+    // columns (zeros past n_kept)
+    cudaCheck(cudaStreamWaitEvent(stream, s.keep_done, 0));
     uint32_t key_dw = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_DW_ROUND));
     int n_padded = CEIL_DIV(N, 16) * 16;
     dim3 gather_tiles(CEIL_DIV(n_padded, LSS_GATHER_TILE), CEIL_DIV(std::max(M, K), LSS_GATHER_TILE));
