@@ -414,6 +414,30 @@ void linear_backward(GPT<T>* model, int layer, int which, T* dinp, float* dw, fl
                           model->lss_stats + offset, model->quant_scratch, model->acts.reduce, model->stream);
 }
 
+// The MLP projection's backward and GELU's, into dfch (N x 4C): GELU's output is not kept per layer (4C of the ~16C
+// values a block saves per token), so it is recomputed here. cuBLASLt: the projection's input gradient, then GELU
+// recomputed and its backward in one pass, then the weight gradient from the recomputed output. An INT4 layer needs
+// the output first (its codes): GELU recomputed, the layer's backward, GELU's backward.
+template <typename T>
+void mlp_projection_backward(GPT<T>* model, int l, T* dfch, const T* dbranch, const T* fch, T* fch_gelu) {
+    const int N = model->B * model->T_, C = model->config.channels;
+    const T* w = model->params.fcprojw + (size_t)l * C * 4 * C;
+    float *dw = model->grads.fcprojw + (size_t)l * C * 4 * C, *db = model->grads.fcprojb + l * C;
+    if (linear_is_quantized(model, l)) {
+        gelu_forward(fch_gelu, fch, (long)N * 4 * C, model->stream);
+        linear_backward(model, l, 3, dfch, dw, db, dbranch, fch_gelu, w, 4 * C, C);
+        gelu_backward(dfch, fch, dfch, (long)N * 4 * C, model->stream);
+    } else {
+        {
+            NvtxRange range("matmul_backward");
+            matmul_backward_input(dfch, dbranch, w, N, 4 * C, C, model->stream);
+        }
+        gelu_backward_recompute(dfch, fch_gelu, fch, dfch, (long)N * 4 * C, model->stream);
+        NvtxRange range("matmul_backward");
+        matmul_backward_weight(dw, db, dbranch, fch_gelu, N, 4 * C, C, model->acts.reduce, model->stream);
+    }
+}
+
 // dropout of a residual branch's output (branch 1: attention projection, 3: MLP projection); forward and
 // backward apply the same mask, drawn from the shared hash at this micro-step
 template <typename T> void gpt_dropout(GPT<T>* model, T* out, const T* inp, int layer, int branch) {
@@ -531,11 +555,7 @@ template <typename T> void gpt_backward(GPT<T>* model) {
         (void)residual3;  // the backward starts from the residual-stream gradient instead
         const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
         if (model->dropout > 0.0f) { gpt_dropout(model, a.btc, a.dresidual, l, 3); dbranch = a.btc; }
-        // GELU's output is not kept per layer (4C of the ~16C values a block saves per token): recomputed here
-        gelu_forward(fch_gelu, fch, (long)N * 4 * C, s);
-        linear_backward(model, l, 3, a.bt4c, g.fcprojw + (size_t)l * C * 4 * C, g.fcprojb + l * C, dbranch, fch_gelu,
-                        p.fcprojw + (size_t)l * C * 4 * C, 4 * C, C);
-        gelu_backward(a.bt4c, fch, a.bt4c, (long)N * 4 * C, s);
+        mlp_projection_backward(model, l, a.bt4c, dbranch, fch, fch_gelu);
         linear_backward(model, l, 2, a.btc, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, a.bt4c, ln2,
                         p.fcw + (size_t)l * 4 * C * C, C, 4 * C);
         layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.btc, residual2, p.ln2w + l * C,

@@ -151,13 +151,25 @@ void bias_backward(float* dbias, const T* dout, int N, int M, float* scratch, cu
 }
 
 // dinp (N x K) = dout (N x M) · weight (M x K)   [written, not accumulated]
+template <typename T>
+void matmul_backward_input(T* dinp, const T* dout, const T* weight, int N, int K, int M, cudaStream_t stream = 0) {
+    matmul_lt(dinp, weight, dout, (const T*)nullptr, K, N, M, false, false, K, M, K, 1.0f, 0.0f, 1, 0, 0, 0, stream);
+}
+
 // dweight (M x K, FP32) += doutᵀ · inp            [accumulated: gradient accumulation over micro-steps]
 // dbias (M, FP32) += column sums of dout (if dbias)
+template <typename T>
+void matmul_backward_weight(float* dweight, float* dbias, const T* dout, const T* inp, int N, int K, int M,
+                            float* scratch, cudaStream_t stream = 0) {
+    matmul_lt(dweight, inp, dout, (const float*)nullptr, K, M, N, false, true, K, M, K, 1.0f, 1.0f, 1, 0, 0, 0, stream);
+    if (dbias) bias_backward(dbias, dout, N, M, scratch, stream);
+}
+
+// both: the input gradient, then the weight and bias gradients
 template <typename T>
 void matmul_backward(T* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight, int N,
                      int K, int M, float* scratch, cudaStream_t stream = 0) {
     NVTX_RANGE_FN();
-    matmul_lt(dinp, weight, dout, (const T*)nullptr, K, N, M, false, false, K, M, K, 1.0f, 0.0f, 1, 0, 0, 0, stream);
-    matmul_lt(dweight, inp, dout, (const float*)nullptr, K, M, N, false, true, K, M, K, 1.0f, 1.0f, 1, 0, 0, 0, stream);
-    if (dbias) bias_backward(dbias, dout, N, M, scratch, stream);
+    matmul_backward_input(dinp, dout, weight, N, K, M, stream);
+    matmul_backward_weight(dweight, dbias, dout, inp, N, K, M, scratch, stream);
 }
