@@ -1,9 +1,10 @@
-// Leverage score sampling of the token rows of a ∇W GEMM, all on the device (no host round trip):
-// scores ‖∇Y_i‖·‖X̂_i‖ (kernels/quant_linear.h's row pass computes them), water-filled probabilities p_i = min(1, c·score_i) with Σp = ρ·rows, the Bernoulli keep
-// u_i < p_i from the shared hash, and the kept rows compacted in increasing order with their p_i. Squares and
-// water-filling sums run in FP64 like the CPU reference (lss_scores_cpu, lss_probabilities_cpu): every term is
-// exact in FP64, so GPU and CPU differ only in summation order (~1e-16), and probabilities agree to the ulp
-// (dev/bitsplit_lss.cu measures 0 ulp). The variants that led here are in dev/bitsplit_lss.cu.
+// Leverage score sampling of the token rows of a ∇W GEMM, all on the device (no host round trip): scores
+// ‖∇Y_i‖·‖X̂_i‖ (computed by kernels/quant_linear.h's row pass), water-filled probabilities p_i = min(1, c·score_i)
+// with Σp = ρ·rows, the Bernoulli keep u_i < p_i from the shared hash, and the kept rows compacted in increasing
+// order with their p_i. Squares and water-filling sums run in FP64 like the CPU reference (lss_scores_cpu,
+// lss_probabilities_cpu): every term is exact in FP64, so GPU and CPU differ only in summation order (~1e-16),
+// and probabilities agree to the ulp (dev/bitsplit_lss.cu measures 0 ulp). The variants that led here are in
+// dev/bitsplit_lss.cu.
 #pragma once
 #include "common.h"
 #include "int4_math.h"
