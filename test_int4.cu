@@ -575,6 +575,51 @@ template <typename T> static void test_resume_determinism(const ReferenceDump& d
     if (system(cleanup.c_str()) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
 
+// -R 2 (the layernorm outputs recomputed in the backward from the kept residual stream) against -R 1: two
+// training steps on the dump's batch with dropout, the losses and every gradient (LSQ steps included) equal bit
+// for bit: the recompute runs the forward's kernel on the same inputs, so nothing may change
+template <typename T> static void test_recompute_layernorm(const ReferenceDump& dump, const char* mode_name) {
+    const bool int4 = !strcmp(mode_name, "int4");  // bf16 activations with the quantized layers, as -p int4
+    QuantConfig quant = {int4, dump.header[12], dump.header_float(13), {}};
+    GPTConfig cfg = dump_config(dump);
+    const int B = dump.header[9], T_ = dump.header[10], N = B * T_;
+    std::vector<float> master = dump_parameters(dump, cfg);
+    const DumpRecord* inputs = dump_require(dump, "inputs", DUMP_I32, (size_t)N);
+    const DumpRecord* targets = dump_require(dump, "targets", DUMP_I32, (size_t)N);
+    char name[96];
+    snprintf(name, sizeof name, "%s -R 2 == -R 1 bit for bit", mode_name);
+    if (master.empty() || !inputs || !targets) { check(false, name, "dump records missing"); return; }
+    OptimizerConfig opt = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    std::vector<float> results[2];  // per setting, per step: the loss, then all gradients
+    for (int setting = 0; setting < 2; setting++) {
+        GPT<T> model;
+        gpt_build(&model, cfg, master.data(), B, T_, quant, setting == 1);
+        model.seed = 1337;
+        gpt_upload_batch(&model, inputs->as<int>(), targets->as<int>());
+        for (int step = 0; step < 2; step++) {
+            model.micro_step = (uint32_t)step;
+            gpt_zero_grad(&model);
+            gpt_forward(&model, 0.1f);
+            gpt_loss(&model, gpt_grad_scale(&model, 1));
+            results[setting].push_back(gpt_mean_loss(&model));
+            gpt_backward(&model);
+            size_t n = model.num_parameters + model.num_lsq_steps, at = results[setting].size();
+            results[setting].resize(at + n);
+            cudaCheck(cudaMemcpy(results[setting].data() + at, model.grads_memory, n * sizeof(float), cudaMemcpyDeviceToHost));
+            gpt_grad_norm(&model);
+            gpt_update(&model, opt, 1e-3f, step + 1);
+        }
+        gpt_free(&model);
+    }
+    bool same_size = results[0].size() == results[1].size();
+    size_t differ = 0;
+    for (size_t i = 0; same_size && i < results[0].size(); i++) {
+        differ += memcmp(&results[0][i], &results[1][i], sizeof(float)) != 0;
+    }
+    check(same_size && differ == 0, name, "%zu values (2 losses, 2 x every gradient), %zu differ; first loss %.7f",
+          results[0].size(), differ, results[0][0]);
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // host pieces of the trainer: learning-rate schedule, encoder-backward buckets, training data windows
 
@@ -740,6 +785,9 @@ int main(int argc, char** argv) {
         if (want[0]) test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
         if (want[1]) test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
         if (want[2]) test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f);
+        if (want[0]) test_recompute_layernorm<float>(dump, "fp32");
+        if (want[1]) test_recompute_layernorm<__nv_bfloat16>(dump, "bf16");
+        if (want[2]) test_recompute_layernorm<__nv_bfloat16>(dump, "int4");
         if (dump.header[2] == 1) {
             if (want[0]) test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f, "cls_");
             if (want[1]) test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f, "cls_");
@@ -751,7 +799,7 @@ int main(int argc, char** argv) {
         }
         matmul_teardown();
     } else {
-        skip("fp32, bf16 and int4 model vs dump (GPT: and save/resume; BERT: MLM and classifier)", "no CUDA device");
+        skip("fp32, bf16 and int4 model vs dump (and -R 2 == -R 1; GPT: and save/resume; BERT: MLM and classifier)", "no CUDA device");
     }
     if (dump.header[2] == 1) {
         test_mlm_masking(dump);

@@ -104,7 +104,7 @@ template <typename P> void point_parameters(ParameterTensors<P>* p, P* base, con
 
 template <typename T> struct ActivationTensors {
     T* encoded;        // (B, T, C)
-    T* ln1;            // (L, B, T, C)
+    T* ln1;            // (L, B, T, C), or one layer's (B, T, C) with -R 2 (recomputed in the backward)
     float* ln1_mean;   // (L, B, T)
     float* ln1_rstd;   // (L, B, T)
     T* qkv;            // (L, B, T, 3C)
@@ -112,7 +112,7 @@ template <typename T> struct ActivationTensors {
     T* att;            // (L, B, NH, T, T) attention probabilities, cuBLASLt attention path only
     float* att_lse2;   // (L, B, NH, T) softmax log2-denominators, flash attention path only
     T* residual2;      // (L, B, T, C)
-    T* ln2;            // (L, B, T, C)
+    T* ln2;            // (L, B, T, C), or one layer's (B, T, C) with -R 2
     float* ln2_mean;   // (L, B, T)
     float* ln2_rstd;   // (L, B, T)
     T* fch;            // (L, B, T, 4C)
@@ -158,6 +158,7 @@ template <typename T> struct GPT {
     // INT4 mode: the four linear layers of each block (except those kept in BF16) are quantized layers;
     // their LSQ steps (L, 4, 2: [layer][qkv, attproj, fc, fcproj][x, w]) live in FP32 right after the
     // parameters in master/grads/m/v, so the optimizer, the gradient norm and the state file include them
+    bool recompute_layernorm;         // -R 2: ln1/ln2 hold one layer, recomputed from the residual stream in the backward
     bool int4;
     int hadamard_block;
     float keep_ratio;
@@ -197,23 +198,25 @@ static void gpt_init_parameters(float* host, const size_t sizes[NUM_PARAMETER_TE
 
 
 // points every activation into one allocation at base and returns the bytes they span (base = nullptr: only
-// the size, for the allocation and the memory check).
+// the size, for the allocation and the memory check). recompute_layernorm: ln1/ln2 for one layer only.
 template <typename T>
-size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& cfg, int B, int T_) {
+size_t point_activations(ActivationTensors<T>* a, char* base, const GPTConfig& cfg, int B, int T_,
+                         bool recompute_layernorm) {
     size_t L = cfg.num_layers, C = cfg.channels, NH = cfg.num_heads, BT = (size_t)B * T_, Vp = cfg.padded_vocab_size;
     bool flash = attention_is_flash<T>(cfg.channels / cfg.num_heads);  // no (T, T) tensors on the flash path
     size_t scores = flash ? 0 : NH * BT * T_, attention_heads = flash ? 0 : BT * C;
+    size_t ln_layers = recompute_layernorm ? 1 : L;
     uintptr_t cursor = (uintptr_t)base;
     // every tensor 16-byte aligned, so that kernels can move 16-byte vectors (kernels/common.h, Packed)
     auto take_t = [&](size_t count) { T* p = (T*)cursor; cursor = (cursor + count * sizeof(T) + 15) & ~(uintptr_t)15; return p; };
     auto take_f = [&](size_t count) { float* p = (float*)cursor; cursor = (cursor + count * sizeof(float) + 15) & ~(uintptr_t)15; return p; };
     a->encoded = take_t(BT * C);
-    a->ln1 = take_t(L * BT * C);
+    a->ln1 = take_t(ln_layers * BT * C);
     a->qkv = take_t(L * BT * 3 * C);
     a->atty = take_t(L * BT * C);
     a->att = take_t(L * scores);
     a->residual2 = take_t(L * BT * C);
-    a->ln2 = take_t(L * BT * C);
+    a->ln2 = take_t(ln_layers * BT * C);
     a->fch = take_t(L * BT * 4 * C);
     a->fch_gelu = take_t(BT * 4 * C);
     a->residual3 = take_t(L * BT * C);
@@ -265,8 +268,9 @@ template <typename T> void upload_compute_copy(GPT<T>* model, const float* host_
 // allocates everything for batch (B, T) and uploads the FP32 master weights from host
 template <typename T>
 void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, int B, int T_,
-               const QuantConfig& quant = {false, 32, 1.0f, {}}) {
+               const QuantConfig& quant = {false, 32, 1.0f, {}}, bool recompute_layernorm = false) {
     model->config = cfg;
+    model->recompute_layernorm = recompute_layernorm;
     model->task = config_task(cfg);
     model->num_predicted = 0;
     model->int4 = quant.enabled;
@@ -308,8 +312,8 @@ void gpt_build(GPT<T>* model, const GPTConfig& cfg, const float* host_master, in
     point_parameters(&model->grads, model->grads_memory, model->parameter_sizes);
 
     size_t BT = (size_t)B * T_;
-    cudaCheck(cudaMalloc(&model->acts_memory, point_activations(&model->acts, nullptr, cfg, B, T_)));
-    point_activations(&model->acts, (char*)model->acts_memory, cfg, B, T_);
+    cudaCheck(cudaMalloc(&model->acts_memory, point_activations(&model->acts, nullptr, cfg, B, T_, recompute_layernorm)));
+    point_activations(&model->acts, (char*)model->acts_memory, cfg, B, T_, recompute_layernorm);
     cudaCheck(cudaMalloc(&model->inputs, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->targets, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->buckets, (3 * BT + 1) * sizeof(int)));  // <= BT buckets: tokens, starts, positions
@@ -367,9 +371,27 @@ template <typename T> LayerActivations<T> layer_activations(GPT<T>* model, int l
     size_t rows = (size_t)model->config.num_heads * model->B * model->T_;  // (B, NH, T)
     bool flash = attention_is_flash<T>(model->config.channels / model->config.num_heads);
     AttentionSaved<T> att = {flash ? nullptr : a.att + l * rows * model->T_, flash ? a.att_lse2 + l * rows : nullptr};
-    return {l == 0 ? a.encoded : a.residual3 + (l - 1) * NC, a.ln1 + l * NC, a.qkv + l * 3 * NC, a.atty + l * NC,
-            att, a.residual2 + l * NC, a.ln2 + l * NC, a.fch + l * 4 * NC, a.fch_gelu,
+    size_t ln = model->recompute_layernorm ? 0 : l * NC;
+    return {l == 0 ? a.encoded : a.residual3 + (l - 1) * NC, a.ln1 + ln, a.qkv + l * 3 * NC, a.atty + l * NC,
+            att, a.residual2 + l * NC, a.ln2 + ln, a.fch + l * 4 * NC, a.fch_gelu,
             a.residual3 + l * NC};
+}
+
+// block l's first (which = 1, of the block's input) or second (which = 2, of residual2) layernorm into its
+// buffer: in the forward, and with -R 2 again in the backward and for -qstats (the same kernel on the same
+// inputs gives the same bits; the statistics are rewritten with their own values)
+template <typename T> void block_layernorm(GPT<T>* model, int l, int which) {
+    LayerActivations<T> la = layer_activations(model, l);
+    ActivationTensors<T>& a = model->acts;
+    ParameterTensors<T>& p = model->params;
+    const int N = model->B * model->T_, C = model->config.channels;
+    if (which == 1) {
+        layernorm_forward(la.ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, la.residual, p.ln1w + l * C, p.ln1b + l * C,
+                          N, C, model->stream);
+    } else {
+        layernorm_forward(la.ln2, a.ln2_mean + l * N, a.ln2_rstd + l * N, la.residual2, p.ln2w + l * C,
+                          p.ln2b + l * C, N, C, model->stream);
+    }
 }
 
 // One linear layer of block `layer` (which: 0 qkv, 1 attproj, 2 fc, 3 fcproj): out (N x M) = inp (N x K) · wᵀ + b.
@@ -458,13 +480,13 @@ template <typename T> void gpt_forward(GPT<T>* model, float dropout = 0.0f) {
     for (int l = 0; l < L; l++) {
         NvtxRange range("block_forward");
         auto [residual, ln1, qkv, atty, att, residual2, ln2, fch, fch_gelu, residual3] = layer_activations(model, l);
-        layernorm_forward(ln1, a.ln1_mean + l * N, a.ln1_rstd + l * N, residual, p.ln1w + l * C, p.ln1b + l * C, N, C, s);
+        block_layernorm(model, l, 1);
         linear_forward(model, l, 0, qkv, ln1, p.qkvw + (size_t)l * 3 * C * C, p.qkvb + l * 3 * C, C, 3 * C);
         attention_forward(atty, att, qkv, cfg.bert ? model->inputs : nullptr, B, T_, C, NH, a.attention, s);
         linear_forward(model, l, 1, a.btc, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, C, C);
         if (dropout > 0.0f) gpt_dropout(model, a.btc, a.btc, l, 1);
         residual_forward(residual2, residual, a.btc, (long)N * C, s);
-        layernorm_forward(ln2, a.ln2_mean + l * N, a.ln2_rstd + l * N, residual2, p.ln2w + l * C, p.ln2b + l * C, N, C, s);
+        block_layernorm(model, l, 2);
         linear_forward(model, l, 2, fch, ln2, p.fcw + (size_t)l * 4 * C * C, p.fcb + l * 4 * C, C, 4 * C);
         gelu_forward(fch_gelu, fch, (long)N * 4 * C, s);
         linear_forward(model, l, 3, a.btc, fch_gelu, p.fcprojw + (size_t)l * C * 4 * C, p.fcprojb + l * C, 4 * C, C);
@@ -556,6 +578,7 @@ template <typename T> void gpt_backward(GPT<T>* model) {
         const T* dbranch = a.dresidual;  // the gradient entering a residual branch (through its dropout)
         if (model->dropout > 0.0f) { gpt_dropout(model, a.btc, a.dresidual, l, 3); dbranch = a.btc; }
         mlp_projection_backward(model, l, a.bt4c, dbranch, fch, fch_gelu);
+        if (model->recompute_layernorm) block_layernorm(model, l, 2);
         linear_backward(model, l, 2, a.btc, g.fcw + (size_t)l * 4 * C * C, g.fcb + l * 4 * C, a.bt4c, ln2,
                         p.fcw + (size_t)l * 4 * C * C, C, 4 * C);
         layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.btc, residual2, p.ln2w + l * C,
@@ -566,6 +589,7 @@ template <typename T> void gpt_backward(GPT<T>* model) {
                         p.attprojw + (size_t)l * C * C, C, C);
         attention_backward(a.bt3c, a.btc, qkv, atty, att, cfg.bert ? model->inputs : nullptr, B, T_, C, NH,
                            a.attention, s);
+        if (model->recompute_layernorm) block_layernorm(model, l, 1);
         linear_backward(model, l, 0, a.btc, g.qkvw + (size_t)l * 3 * C * C, g.qkvb + l * 3 * C, a.bt3c, ln1,
                         p.qkvw + (size_t)l * 3 * C * C, C, 3 * C);
         layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.btc, residual, p.ln1w + l * C,
@@ -822,6 +846,7 @@ struct TrainArgs {
     int max_bad_steps = 5;             // consecutive non-finite steps before stopping
     float spike_zscore = 0.0f;         // skip updates whose loss or grad norm z-score exceeds this (0 = off)
     int qstats_every = 0;              // INT4 telemetry every N steps (0 = off)
+    int recompute = 1;                 // 1: GELU's output recomputed in the backward, 2: the layernorm outputs too
     int vocab = 256;
     uint32_t seed = 1337;
     Precision precision = PRECISION_BF16;
@@ -859,6 +884,8 @@ static void print_usage(void) {
            "  -n <int>    checkpoint every N steps (0 = at the end only, with -o)  default 0\n"
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
            "  -K <int>    stop after K steps in a row with a NaN/Inf loss or gradient norm (skipped)   default 5\n"
+           "  -R <1|2>    recompute in the backward instead of keeping: 1 GELU's output (llm.c's default),\n"
+           "              2 GELU's and the layernorms' outputs (less memory)   default 1\n"
            "  -S <float>  skip updates whose loss or grad norm is a spike: z-score above this over the last 128\n"
            "              steps (0 = off)                   default 0\n"
            "  -p <mode>   precision: fp32 | bf16 | int4      default bf16\n"
@@ -963,6 +990,7 @@ static TrainArgs parse_args(int argc, char** argv) {
                 a.keep_ratio = f;
                 break;
             case 'k': a.bf16_layers = value; break;
+            case 'R': need_int(1, 2); a.recompute = (int)n; break;
             case 'p':
                 if (!strcmp(value, "fp32")) a.precision = PRECISION_FP32;
                 else if (!strcmp(value, "bf16")) a.precision = PRECISION_BF16;
@@ -1041,6 +1069,7 @@ template <typename T> void gpt_qstats(GPT<T>* model, int step, FILE* out) {
         LayerActivations<T> la = layer_activations(model, l);
         ParameterTensors<T>& p = model->params;
         gelu_forward(la.fch_gelu, la.fch, (long)N * 4 * C, model->stream);  // one layer's buffer: recomputed
+        if (model->recompute_layernorm) { block_layernorm(model, l, 1); block_layernorm(model, l, 2); }
         const T* inputs[4] = {la.ln1, la.atty, la.ln2, la.fch_gelu};
         const T* weights[4] = {p.qkvw + (size_t)l * 3 * C * C, p.attprojw + (size_t)l * C * C,
                                p.fcw + (size_t)l * 4 * C * C, p.fcprojw + (size_t)l * C * 4 * C};
@@ -1232,7 +1261,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     cudaCheck(cudaGetDeviceProperties(&props, mg->rank % device_count));
     ActivationTensors<T> scratch_acts;  // only sized here
     size_t need = n_params * (4 * 4 + (std::is_same<T, float>::value ? 0 : sizeof(T))) +
-                  point_activations<T>(&scratch_acts, nullptr, cfg, args.B, args.T) + CUBLASLT_WORKSPACE_SIZE + (64 << 20) +
+                  point_activations<T>(&scratch_acts, nullptr, cfg, args.B, args.T, args.recompute == 2) + CUBLASLT_WORKSPACE_SIZE + (64 << 20) +
                   (quant.enabled ? quant_scratch_bytes((long)args.B * args.T, 4 * cfg.channels) : 0);
     size_t free_bytes, total_bytes;
     cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -1262,7 +1291,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
     if (!multi_gpu_init(mg, out_dir)) return EXIT_FAILURE;
     matmul_setup();
     GPT<T> model;
-    gpt_build(&model, cfg, host_master.data(), args.B, args.T, quant);
+    gpt_build(&model, cfg, host_master.data(), args.B, args.T, quant, args.recompute == 2);
     model.seed = args.seed;
     TrainState state = {0, 0, 0, args.seed, (int)args.precision};
     if (args.resume) {
@@ -1309,6 +1338,7 @@ template <typename T> int train(const TrainArgs& args, MultiGpu* mg) {
            args.warmup, args.final_lr_fraction, args.weight_decay, args.grad_clip, 4, "");
     printf("| %-21s | %-50.2f |\n", "dropout", args.dropout);
     printf("| %-21s | %-50d |\n", "steps", args.max_steps);
+    printf("| %-21s | %-50s |\n", "recomputed (-R)", args.recompute == 2 ? "GELU and layernorm outputs" : "GELU output");
     printf("| %-21s | %-50.2f |\n", "GPU memory (GiB)", need / 1073741824.0);
     printf("+-----------------------+----------------------------------------------------+\n");
     if (task == TASK_CLASSIFY) {  // the accuracy to beat: always answering the training set's most frequent label

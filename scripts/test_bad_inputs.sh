@@ -48,6 +48,7 @@ expect_error "flag bad precision" "-p expects fp32, bf16 or int4" "$TRAIN_INT4" 
 expect_error "flag Hadamard block" "-q expects 16, 32, 64 or 128, got '48'" "$TRAIN_INT4" -p int4 -q 48
 expect_error "flag keep ratio 0" "-r expects a keep ratio in (0, 1\], got '0'" "$TRAIN_INT4" -p int4 -r 0
 expect_error "flag keep ratio > 1" "-r expects a number in \[0, 1\], got '1.5'" "$TRAIN_INT4" -p int4 -r 1.5
+expect_error "flag recompute level" "-R expects an integer in \[1, 2\], got '3'" "$TRAIN_INT4" -R 3
 expect_error "flag width not a multiple of the block" "-q 64: the width C = 96 is not a multiple" "$TRAIN_INT4" -p int4 -e 2:96:2 -q 64
 expect_error "flag BF16 layer list" "-k 0,7: expected comma-separated layer indices in \[0, 6)" "$TRAIN_INT4" -p int4 -k 0,7
 expect_error "flag total batch" "-d 100 is not a positive multiple of B\*T" "$TRAIN_INT4" -d 100
