@@ -5,6 +5,7 @@
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <nvtx3/nvToolsExtMemCudaRt.h>
 #include <type_traits>
 #include "common.h"
 
@@ -51,6 +52,31 @@ inline cublasLtMatmulAlgo_t cublaslt_algorithm(cublasLtMatmulDesc_t desc, cublas
     return heuristic.algo;
 }
 
+// Tells compute-sanitizer's initcheck (run with --nvtx yes) that cuBLASLt wrote D, when D is one contiguous
+// block (ld = rows, batches back to back): on sm_90 the tool misses those stores and reports later reads of GEMM
+// outputs as uninitialised, values the tests check against the reference. Outside a tool the call does nothing.
+inline void sanitizer_mark_written(void* d, cublasLtMatrixLayout_t layout_d, cudaStream_t stream) {
+    static nvtxDomainHandle_t domain = nvtxDomainCreateA("train_int4");
+    uint64_t rows = 0, cols = 0;
+    int64_t ld = 0, stride = 0;
+    int32_t batch = 1;
+    cudaDataType_t type;
+    size_t written;
+    cublasCheck(cublasLtMatrixLayoutGetAttribute(layout_d, CUBLASLT_MATRIX_LAYOUT_TYPE, &type, sizeof type, &written));
+    cublasCheck(cublasLtMatrixLayoutGetAttribute(layout_d, CUBLASLT_MATRIX_LAYOUT_ROWS, &rows, sizeof rows, &written));
+    cublasCheck(cublasLtMatrixLayoutGetAttribute(layout_d, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols, &written));
+    cublasCheck(cublasLtMatrixLayoutGetAttribute(layout_d, CUBLASLT_MATRIX_LAYOUT_LD, &ld, sizeof ld, &written));
+    cublasCheck(cublasLtMatrixLayoutGetAttribute(layout_d, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch, &written));
+    cublasCheck(cublasLtMatrixLayoutGetAttribute(layout_d, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                 sizeof stride, &written));
+    if ((uint64_t)ld != rows || (batch > 1 && (uint64_t)stride != rows * cols)) return;
+    size_t element = type == CUDA_R_16BF ? 2 : type == CUDA_R_8I ? 1 : 4;  // BF16, INT8, else FP32 / INT32
+    nvtxMemVirtualRangeDesc_t range = {rows * cols * batch * element, d};
+    nvtxMemMarkInitializedBatch_t region = {NVTX_EXT_COMPATID_MEM, sizeof region, NVTX_MEM_TYPE_VIRTUAL_ADDRESS, 1,
+                                            sizeof range, &range};
+    nvtxMemCudaMarkInitialized(domain, stream, 0, &region);
+}
+
 // runs D = alpha·op(A)·op(B) + beta·D with the heuristic's first algorithm, then destroys desc and layouts
 inline void cublaslt_run(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layout_a, cublasLtMatrixLayout_t layout_b,
                          cublasLtMatrixLayout_t layout_d, const void* alpha, const void* a, const void* b,
@@ -59,6 +85,7 @@ inline void cublaslt_run(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t layou
                                                    "this shape and type (integer products need dimensions that are multiples of 4)");
     cublasCheck(cublasLtMatmul(cublaslt_handle, desc, alpha, a, layout_a, b, layout_b, beta, d, layout_d, d, layout_d,
                                &algo, cublaslt_workspace, CUBLASLT_WORKSPACE_SIZE, stream));
+    sanitizer_mark_written(d, layout_d, stream);
     cublasCheck(cublasLtMatrixLayoutDestroy(layout_a));
     cublasCheck(cublasLtMatrixLayoutDestroy(layout_b));
     cublasCheck(cublasLtMatrixLayoutDestroy(layout_d));
