@@ -846,7 +846,8 @@ struct TrainArgs {
     int max_bad_steps = 5;             // consecutive non-finite steps before stopping
     float spike_zscore = 0.0f;         // skip updates whose loss or grad norm z-score exceeds this (0 = off)
     int qstats_every = 0;              // INT4 telemetry every N steps (0 = off)
-    int recompute = 1;                 // 1: GELU's output recomputed in the backward, 2: the layernorm outputs too
+    int recompute = 0;                 // 1: GELU's output recomputed in the backward, 2: the layernorm outputs too;
+                                       // 0 (unset): 2 in int4 mode (its quantized layers' inputs are not kept), else 1
     int vocab = 256;
     uint32_t seed = 1337;
     Precision precision = PRECISION_BF16;
@@ -885,7 +886,7 @@ static void print_usage(void) {
            "  -y <0|1>    resume from the latest state file in -o   default 0\n"
            "  -K <int>    stop after K steps in a row with a NaN/Inf loss or gradient norm (skipped)   default 5\n"
            "  -R <1|2>    recompute in the backward instead of keeping: 1 GELU's output (llm.c's default),\n"
-           "              2 GELU's and the layernorms' outputs (less memory)   default 1\n"
+           "              2 GELU's and the layernorms' outputs (less memory)   default 2 with -p int4, else 1\n"
            "  -S <float>  skip updates whose loss or grad norm is a spike: z-score above this over the last 128\n"
            "              steps (0 = off)                   default 0\n"
            "  -p <mode>   precision: fp32 | bf16 | int4      default bf16\n"
@@ -1000,6 +1001,7 @@ static TrainArgs parse_args(int argc, char** argv) {
             default: die("unknown flag '%s'", flag);
         }
     }
+    if (a.recompute == 0) a.recompute = a.precision == PRECISION_INT4 ? 2 : 1;
     if (a.learning_rate <= 0.0f) die("-l must be positive");
     if (a.total_batch != -1 && (a.total_batch <= 0 || a.total_batch % ((long)a.B * a.T) != 0)) {
         die("-d %ld is not a positive multiple of B*T", a.total_batch);

@@ -3,7 +3,9 @@
 # Hadamard-quantize, bit split + LSS; PART=kernels for these only), then BF16 training throughput and GPU
 # memory at GPT-2 shapes (vocab 50257 padded to 50304, random tokens, T = 1024): d12 B=32, d24 B=16, d36 B=8,
 # mean tok/s over steps 11-30 (PART=train for these only). Needs a GPU; prints tables.
-# PRECISION=int4 measures the INT4 mode; MODELS="d12:32" picks shapes; STEPS (default 30) the step count.
+# PRECISION=int4 measures the INT4 mode; MODELS="d12:32 24:2048:16:8" picks shapes (a model of -e, then the
+# batch after the last colon); STEPS (default 30) the step count; RECOMPUTE=1|2 passes -R (what the
+# backward recomputes; train_int4's default is 2 in int4 mode, else 1).
 # The anchors to compare with (same H100 kind, issue 8): PyTorch 2.11 torch.compile 487,300 / 176,300 /
 # 75,100 tok/s; llm.c without cuDNN 327,800 / 122,200 / 56,900; llm.c with cuDNN 522,000 / 191,600 / 84,100.
 # When python3 has a CUDA build of torch, scripts/bench_pytorch.py then measures the PyTorch side on the same
@@ -22,8 +24,9 @@ python3 scripts/random_shard.py "$tmp/random.bin"
 models=${MODELS:-d12:32 d24:16 d36:8}  # model:batch
 printf "%-6s %-10s %-12s %-10s\n" model "B x T" "tok/s" "GiB" | tee "$tmp/ours.txt"
 for spec in $models; do
-    set -- ${spec%%:*} ${spec#*:}
-    ./train_int4 -e "$1" -b "$2" -t 1024 -V 50257 -i "$tmp/random.bin" -v 0 -s 0 -x "${STEPS:-30}" -u 0 -l 1e-4 -D 0 -p "${PRECISION:-bf16}" > "$tmp/$1.log"
+    set -- "${spec%:*}" "${spec##*:}"
+    ./train_int4 -e "$1" -b "$2" -t 1024 -V 50257 -i "$tmp/random.bin" -v 0 -s 0 -x "${STEPS:-30}" -u 0 -l 1e-4 -D 0 \
+        -p "${PRECISION:-bf16}" ${RECOMPUTE:+-R "$RECOMPUTE"} > "$tmp/$1.log"
     tok=$(awk '/^step/ { split($2, s, "/"); if (s[1] > 10) { for (i = 1; i <= NF; i++) if ($i == "tok/s") sum += $(i - 1); n++ } }
                END { printf "%.0f", sum / n }' "$tmp/$1.log")
     mem=$(awk '/GPU memory in use/ { print $5 }' "$tmp/$1.log")
