@@ -155,10 +155,10 @@ template <typename T> struct GPT {
     int num_predicted;                // targets >= 0 in the last uploaded batch: the loss is their mean
     int* buckets;                     // encoder-backward token buckets, device
     float* norm;                      // the last global gradient norm, device
+    bool recompute_layernorm;         // -R 2: ln1/ln2 hold one layer, recomputed from the residual stream in the backward
     // INT4 mode: the four linear layers of each block (except those kept in BF16) are quantized layers;
     // their LSQ steps (L, 4, 2: [layer][qkv, attproj, fc, fcproj][x, w]) live in FP32 right after the
     // parameters in master/grads/m/v, so the optimizer, the gradient norm and the state file include them
-    bool recompute_layernorm;         // -R 2: ln1/ln2 hold one layer, recomputed from the residual stream in the backward
     bool int4;
     int hadamard_block;
     float keep_ratio;
