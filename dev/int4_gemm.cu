@@ -17,6 +17,9 @@
 //            per row and k-tile (a k-permutation instead of ldmatrix), nibbles expanded as 16·q in 3 ops per word
 // version 5: native INT4, mma.sync m16n8k64 s4 on the packed bytes, in version 4's pipeline (the sm_80/86/89
 //            path; on sm_90 it is correct but emulated, ~26x slower than s8: ../shared/device-ceilings.md)
+// version 6: sm_90a, warp-specialised: TMA streams packed k-tiles into an mbarrier ring, two consumer warp groups
+//            expand them to s8 in the 128-byte swizzle and multiply with wgmma m64n128k32 s8; bf16 tile staged
+//            in shared memory for 16-byte stores (the sm_90 default; needs a build with sm_90a)
 // Baselines on the same shapes: cuBLASLt BF16 (bf16 in, fp32 accumulate, bf16 out with bias) and cuBLASLt INT8
 // (int8 in, int32 out, TN, CUBLAS_COMPUTE_32I).
 #include <string.h>
@@ -26,10 +29,11 @@
 #include "timing.h"
 #include "../kernels/int4_math.h"
 #include "../kernels/matmul.h"
+#include "../kernels/hopper.h"
 
-#define NUM_VERSIONS 5
-#define SHAPE_MULTIPLE 128                  // the block tile of versions 4 and 5 along N, M and K
-#define MAX_K 65536                         // version 4 accumulates 256·acc: 256·64·K must stay below 2^31
+#define NUM_VERSIONS 6
+#define SHAPE_MULTIPLE 128                  // the block tile of versions 4-6 along N, M and K
+#define MAX_K 65536                         // versions 4, 6 accumulate 256·acc: 256·64·K must stay below 2^31
 #define FULL_CHECK_MAX_MACS (1ull << 28)    // beyond this the CPU checks a sample (a full check would take minutes)
 #define SAMPLED_OUTPUTS 4096
 #define WARMUP_REPEATS 3
@@ -449,6 +453,194 @@ void launch_int4_gemm_pipelined_s8(const Int4GemmParams& p) { launch_pipelined(i
 
 void launch_int4_gemm_native_s4(const Int4GemmParams& p) { launch_pipelined(int4_gemm_native_s4_kernel, p); }
 
+// ---------------------------------------------------------------------------------------------------------------
+// version 6: wgmma + TMA (sm_90a)
+
+#define WG_TILE 128                                  // outputs per block along n (2 consumer warp groups x 64) and m
+#define WG_K_TILE 128                                // INT4 values per k-tile: one 128-byte row of s8 per operand row
+#define WG_PACKED_ROW_BYTES (WG_K_TILE / 2)          // 64 packed bytes per row and k-tile, as TMA loads them
+#define WG_PACKED_STAGES 4                           // packed k-tiles in flight
+#define WG_PACKED_STAGE_BYTES (2 * WG_TILE * WG_PACKED_ROW_BYTES)   // A tile then B tile: 16 KiB
+#define WG_S8_BUFFERS 3                              // expanded k-tiles: one being written, up to two being multiplied
+#define WG_S8_BUFFER_BYTES (2 * WG_TILE * WG_K_TILE)                // A tile then B tile: 32 KiB
+#define WG_THREADS 384                               // warp group 0 loads (one thread), 1 and 2 expand and multiply
+
+#define WG_STAGING_ROW_BYTES (2 * WG_TILE + 16)     // a bf16 output row in the epilogue, padded (store_consumer_tile)
+// dynamic shared memory: the expanded buffers, the packed stages, their mbarriers, room to align the start to 1024
+#define WG_SMEM_BYTES (WG_S8_BUFFERS * WG_S8_BUFFER_BYTES + WG_PACKED_STAGES * WG_PACKED_STAGE_BYTES + \
+                       2 * WG_PACKED_STAGES * 8 + SWIZZLE_ATOM_BYTES)
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// 64 rows of a packed k-tile (64 bytes per row) -> s8 16·q in the 128-byte swizzle (row r's 16-byte chunk c at
+// chunk c ^ (r mod 8)), by one warp group: 512 chunks, 4 per thread. A quarter warp writes one whole 128-byte row
+// and a warp reads 256 contiguous packed bytes, so neither side has bank conflicts. Chunk c holds the even
+// nibbles then the odd nibbles of each of its two packed words: the same k-permutation for A and B.
+__device__ __forceinline__ void expand_rows_swizzled(uint8_t* s8_rows, const uint8_t* packed_rows, int thread) {
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int item = thread + 128 * i, row = item / 8, chunk = item % 8;
+        uint2 w = *reinterpret_cast<const uint2*>(packed_rows + row * WG_PACKED_ROW_BYTES + 8 * chunk);
+        uint4 v = make_uint4(even_nibbles_x16(w.x), odd_nibbles_x16(w.x), even_nibbles_x16(w.y), odd_nibbles_x16(w.y));
+        *reinterpret_cast<uint4*>(s8_rows + row * WG_K_TILE + 16 * (chunk ^ (row % 8))) = v;
+    }
+}
+
+// shared memory: WG_S8_BUFFERS expanded k-tiles (1024-aligned, as the swizzle requires), then the packed TMA
+// stages, then the stages' full and empty mbarriers
+struct WgmmaSharedMemory {
+    uint8_t* s8_buffers;
+    uint8_t* packed_stages;
+    uint64_t *full, *empty;
+};
+
+__device__ __forceinline__ WgmmaSharedMemory wgmma_shared_memory(uint8_t* raw) {
+    WgmmaSharedMemory m;
+    m.s8_buffers = (uint8_t*)(((uintptr_t)raw + SWIZZLE_ATOM_BYTES - 1) & ~(uintptr_t)(SWIZZLE_ATOM_BYTES - 1));
+    m.packed_stages = m.s8_buffers + WG_S8_BUFFERS * WG_S8_BUFFER_BYTES;
+    m.full = (uint64_t*)(m.packed_stages + WG_PACKED_STAGES * WG_PACKED_STAGE_BYTES);
+    m.empty = m.full + WG_PACKED_STAGES;
+    return m;
+}
+
+// thread 0 initialises the stage barriers, which the whole block then sees
+__device__ __forceinline__ void init_stage_barriers(const WgmmaSharedMemory& m) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < WG_PACKED_STAGES; s++) {
+            mbarrier_init(&m.full[s], 1);    // the loader's arrive; the bytes come with the TMA
+            mbarrier_init(&m.empty[s], 1);   // one consumer thread, after both groups are done with the stage
+        }
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+}
+
+// the loader (one thread): k-tile kt's packed A rows n0.. and B rows m0.. into stage kt % WG_PACKED_STAGES once
+// the consumers have released that stage's previous k-tile
+__device__ __forceinline__ void load_packed_k_tiles(const WgmmaSharedMemory& m, const CUtensorMap* map_a,
+                                                    const CUtensorMap* map_b, int n0, int m0, int k_tiles) {
+    for (int kt = 0; kt < k_tiles; kt++) {
+        int s = kt % WG_PACKED_STAGES;
+        if (kt >= WG_PACKED_STAGES) mbarrier_wait(&m.empty[s], (kt / WG_PACKED_STAGES - 1) & 1);
+        uint8_t* stage = m.packed_stages + s * WG_PACKED_STAGE_BYTES;
+        mbarrier_arrive_expect_bytes(&m.full[s], WG_PACKED_STAGE_BYTES);
+        tma_load_2d(stage, map_a, kt * WG_PACKED_ROW_BYTES, n0, &m.full[s]);
+        tma_load_2d(stage + WG_TILE * WG_PACKED_ROW_BYTES, map_b, kt * WG_PACKED_ROW_BYTES, m0, &m.full[s]);
+    }
+}
+
+// after a consumer group has written its part of an expanded k-tile: the writes are visible to the tensor cores
+// (async proxy), both groups are done (named barrier 1 over the 256 consumer threads), the packed stage goes back
+// to the loader
+__device__ __forceinline__ void publish_expanded_k_tile(const WgmmaSharedMemory& m, int stage, int consumer_thread) {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    if (consumer_thread == 0) mbarrier_arrive(&m.empty[stage]);
+}
+
+// consumer group c's 64 x 128 accumulators -> outputs (rows n0 + 64c ..): the epilogue values go to a bf16 tile in
+// shared memory (rows padded to 272 bytes, so the 32 lanes' 4-byte writes of 8 rows hit 32 banks), then out as
+// 16-byte stores of whole 256-byte rows. The operands were 16·q, so acc holds 256·Σab (version 4) and the shift by
+// 8 is exact. `staging`: 64 x 272 bytes no longer in use by the main loop.
+__device__ __forceinline__ void store_consumer_tile(const Int4GemmParams& p, int32_t (&acc)[16][4], int n0, int m0,
+                                                    int consumer, int thread, uint8_t* staging) {
+    int warp = thread / 32, lane = thread % 32, group = lane / 4, tig = lane % 4;
+    int row = 16 * warp + group, n = n0 + 64 * consumer + row;   // and row + 8
+    float scale_lo = p.scale_a[n], scale_hi = p.scale_a[n + 8];
+    #pragma unroll
+    for (int j = 0; j < 16; j++) {
+        int col = 8 * j + 2 * tig, m = m0 + col;
+        int32_t lo0 = acc[j][0] >> 8, lo1 = acc[j][1] >> 8, hi0 = acc[j][2] >> 8, hi1 = acc[j][3] >> 8;
+        float2 scale_b = *reinterpret_cast<const float2*>(p.scale_b + m);
+        float2 bias = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.bias + m));
+        __nv_bfloat162 y_lo = __floats2bfloat162_rn(epilogue_value(lo0, scale_lo, scale_b.x, bias.x),
+                                                     epilogue_value(lo1, scale_lo, scale_b.y, bias.y));
+        __nv_bfloat162 y_hi = __floats2bfloat162_rn(epilogue_value(hi0, scale_hi, scale_b.x, bias.x),
+                                                     epilogue_value(hi1, scale_hi, scale_b.y, bias.y));
+        *reinterpret_cast<__nv_bfloat162*>(staging + row * WG_STAGING_ROW_BYTES + 2 * col) = y_lo;
+        *reinterpret_cast<__nv_bfloat162*>(staging + (row + 8) * WG_STAGING_ROW_BYTES + 2 * col) = y_hi;
+        if (p.acc_out) {
+            *reinterpret_cast<int2*>(p.acc_out + (size_t)n * p.M + m) = make_int2(lo0, lo1);
+            *reinterpret_cast<int2*>(p.acc_out + (size_t)(n + 8) * p.M + m) = make_int2(hi0, hi1);
+        }
+    }
+    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + consumer) : "memory");   // this group's tile is complete
+    #pragma unroll
+    for (int i = 0; i < 8; i++) {   // 64 rows x 16 chunks of 16 bytes; a warp writes two whole rows
+        int chunk = thread + 128 * i, r = chunk / 16, c = chunk % 16;
+        uint4 v = *reinterpret_cast<const uint4*>(staging + r * WG_STAGING_ROW_BYTES + 16 * c);
+        *reinterpret_cast<uint4*>(p.out + (size_t)(n0 + 64 * consumer + r) * p.M + m0 + 8 * c) = v;
+    }
+}
+#endif
+
+// version 6: a 128x128 output tile per block. One thread of warp group 0 streams packed k-tiles of A and B with
+// TMA into a 4-stage ring (full/empty mbarriers); warp groups 1 and 2 each expand 64 rows of A and of B to s8
+// 16·q in a swizzled buffer and run four m64n128k32 wgmma per k-tile on their 64 rows, one k-tile in flight.
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    int4_gemm_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                               Int4GemmParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    WgmmaSharedMemory m = wgmma_shared_memory(smem_raw);
+    int warp_group = threadIdx.x / 128, n0 = blockIdx.y * WG_TILE, m0 = blockIdx.x * WG_TILE;
+    int k_tiles = p.K / WG_K_TILE;
+    init_stage_barriers(m);
+    if (warp_group == 0) {
+        if (threadIdx.x == 0) load_packed_k_tiles(m, &map_a, &map_b, n0, m0, k_tiles);
+        return;
+    }
+
+    int consumer = warp_group - 1, thread = threadIdx.x % 128;   // consumer c owns A rows 64c..64c+63 of the tile
+    int32_t acc[16][4] = {};
+    for (int kt = 0; kt < k_tiles; kt++) {
+        int s = kt % WG_PACKED_STAGES;
+        mbarrier_wait(&m.full[s], (kt / WG_PACKED_STAGES) & 1);
+        const uint8_t* stage = m.packed_stages + s * WG_PACKED_STAGE_BYTES;
+        // buffer kt % 3 was last read by the wgmma of k-tile kt-3: this group waited for those at the end of
+        // k-tile kt-2, and the other group too, since it has passed the barrier of k-tile kt-1
+        uint8_t* s8_a = m.s8_buffers + (kt % WG_S8_BUFFERS) * WG_S8_BUFFER_BYTES;
+        uint8_t* s8_b = s8_a + WG_TILE * WG_K_TILE;
+        expand_rows_swizzled(s8_a + 64 * consumer * WG_K_TILE, stage + 64 * consumer * WG_PACKED_ROW_BYTES, thread);
+        expand_rows_swizzled(s8_b + 64 * consumer * WG_K_TILE,
+                             stage + (WG_TILE + 64 * consumer) * WG_PACKED_ROW_BYTES, thread);
+        publish_expanded_k_tile(m, s, 128 * consumer + thread);
+        wgmma_fence();
+        uint64_t desc_a = wgmma_descriptor(s8_a + 64 * consumer * WG_K_TILE), desc_b = wgmma_descriptor(s8_b);
+        wgmma_fence_accumulators(acc);
+        #pragma unroll
+        for (int step = 0; step < WG_K_TILE / 32; step++) {   // k = 32 bytes per step: +2 in the address field
+            wgmma_s8_m64n128k32(acc, desc_a + 2 * step, desc_b + 2 * step);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();
+        wgmma_fence_accumulators(acc);
+    }
+    wgmma_wait<0>();
+    wgmma_fence_accumulators(acc);
+    // every k-tile has been loaded and expanded (the last publish barrier): the packed stages are free
+    store_consumer_tile(p, acc, n0, m0, consumer, thread, m.packed_stages + consumer * 64 * WG_STAGING_ROW_BYTES);
+#else
+    __trap();   // launched only where the sm_90a code runs (launch_int4_gemm_wgmma_tma checks)
+#endif
+}
+
+// version 6: the tensor maps, the grid of 128x128 tiles, 384 threads
+void launch_int4_gemm_wgmma_tma(const Int4GemmParams& p) {
+    static const bool available = hopper_wgmma_available();
+    if (!available) {
+        fprintf(stderr, "int4_gemm: version 6 (wgmma + TMA) needs an sm_90 GPU and a build with sm_90a\n");
+        exit(EXIT_FAILURE);
+    }
+    // box: one block's 128 rows x 64 packed bytes, unswizzled (the expansion reads it row by row)
+    CUtensorMap map_a = tensor_map_2d_bytes(p.a, p.N, p.K / 2, WG_TILE, WG_PACKED_ROW_BYTES, false);
+    CUtensorMap map_b = tensor_map_2d_bytes(p.b, p.M, p.K / 2, WG_TILE, WG_PACKED_ROW_BYTES, false);
+    cudaCheck(cudaFuncSetAttribute(int4_gemm_wgmma_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   WG_SMEM_BYTES));
+    dim3 grid(p.M / WG_TILE, p.N / WG_TILE);
+    int4_gemm_wgmma_tma_kernel<<<grid, WG_THREADS, WG_SMEM_BYTES>>>(map_a, map_b, p);
+    cudaCheck(cudaGetLastError());
+}
+
 void run_int4_gemm(int version, const Int4GemmParams& p) {
     switch (version) {
         case 1: launch_int4_gemm_naive(p); break;
@@ -456,6 +648,7 @@ void run_int4_gemm(int version, const Int4GemmParams& p) {
         case 3: launch_int4_gemm_mma_s8(p); break;
         case 4: launch_int4_gemm_pipelined_s8(p); break;
         case 5: launch_int4_gemm_native_s4(p); break;
+        case 6: launch_int4_gemm_wgmma_tma(p); break;
         default: fprintf(stderr, "int4_gemm: unknown version %d (1-%d)\n", version, NUM_VERSIONS); exit(EXIT_FAILURE);
     }
 }
@@ -731,6 +924,10 @@ static int run_check() {
     DeviceProblem d = upload_problem(h);
     int failures = 0;
     for (int version = 1; version <= NUM_VERSIONS; version++) {
+        if (version == 6 && !hopper_wgmma_available()) {
+            printf("SKIP int4_gemm v6: wgmma needs an sm_90 GPU and a build with sm_90a\n");
+            continue;
+        }
         char why[256];
         double max_rel_err;
         if (run_and_validate(version, h, d, true, why, sizeof why, &max_rel_err)) {
@@ -772,8 +969,9 @@ int main(int argc, char** argv) {
         matmul_teardown();
         return status;
     }
-    // by default the fastest version for the device: native s4 where INT4 tensor cores exist (sm_8x), else s8
-    if (version == 0) version = prop.major == 8 ? 5 : 4;
+    // by default the fastest version for the device: native s4 where INT4 tensor cores exist (sm_8x), wgmma on
+    // sm_90 (dev/results/int4_gemm_wgmma_h200.log: 1.3-1.5x version 4), else s8 mma.sync
+    if (version == 0) version = prop.major == 8 ? 5 : hopper_wgmma_available() ? 6 : 4;
     printf("int4_gemm version %d on %s (sm_%d%d); ratios are int4 TOP/s over the baseline's T(FL)OP/s\n", version,
            prop.name, prop.major, prop.minor);
     bool all_valid = true;
