@@ -346,6 +346,56 @@ static void test_quant_error_device(bool have_gpu) {
     cudaCheck(cudaFree(d_scratch));
 }
 
+// the ∇W GEMM over the kept rows (kernels/kept_rows_gemm.h) against an int32 CPU product over the first
+// min(length, ld) columns, bit for bit: stored (1 split) and atomic (several), a length inside a k-tile, zero,
+// all of ld and past it, ld not a multiple of the 128-column k-tile (TMA's zero fill past ld)
+static void test_kept_rows_gemm_device(bool have_gpu) {
+    if (!have_gpu) { skip("kept_rows_gemm", "no CUDA device"); return; }
+    if (!hopper_wgmma_available()) { skip("kept_rows_gemm", "needs an sm_90 GPU and a build with sm_90a"); return; }
+    struct Case { int rows, cols, ld, length, splits; };
+    const Case cases[] = {{256, 384, 1040, 300, 1}, {256, 384, 1040, 1040, 3}, {128, 128, 1040, 0, 1},
+                          {128, 256, 1040, 0, 4},   {384, 128, 2048, 1153, 8}, {256, 384, 1040, 5000, 2}};
+    for (const Case& t : cases) {
+        int used = std::min(t.length, t.ld);
+        std::vector<int8_t> a((size_t)t.rows * t.ld, 0), b((size_t)t.cols * t.ld, 0);
+        uint32_t key = rng_key(11, (uint32_t)t.splits);
+        // full-range s8 in the used columns, zeros after them (as lss_gather leaves the dropped rows)
+        for (int r = 0; r < t.rows; r++)
+            for (int j = 0; j < used; j++) a[(size_t)r * t.ld + j] = (int8_t)(rng_hash(key, 0, r * t.ld + j) & 255);
+        for (int c = 0; c < t.cols; c++)
+            for (int j = 0; j < used; j++) b[(size_t)c * t.ld + j] = (int8_t)(rng_hash(key, 1, c * t.ld + j) & 255);
+        std::vector<int32_t> want((size_t)t.rows * t.cols), got(want.size());
+        for (int r = 0; r < t.rows; r++)
+            for (int c = 0; c < t.cols; c++) {
+                int32_t sum = 0;
+                for (int j = 0; j < used; j++) sum += a[(size_t)r * t.ld + j] * b[(size_t)c * t.ld + j];
+                want[(size_t)r * t.cols + c] = sum;
+            }
+        int8_t *d_a, *d_b;
+        int32_t* d_c;
+        int* d_length;
+        cudaCheck(cudaMalloc(&d_a, a.size()));
+        cudaCheck(cudaMalloc(&d_b, b.size()));
+        cudaCheck(cudaMalloc(&d_c, want.size() * sizeof(int32_t)));
+        cudaCheck(cudaMalloc(&d_length, sizeof(int)));
+        cudaCheck(cudaMemcpy(d_a, a.data(), a.size(), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_b, b.data(), b.size(), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_length, &t.length, sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemset(d_c, 0xFF, want.size() * sizeof(int32_t)));  // -1 everywhere: stale output fails
+        kept_rows_gemm(d_c, d_a, d_b, t.rows, t.cols, t.ld, d_length, t.splits, 0);
+        cudaCheck(cudaMemcpy(got.data(), d_c, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        size_t bad = count_mismatches(got.data(), want.data(), want.size());
+        char name[96];
+        snprintf(name, sizeof name, "kept_rows_gemm %dx%d ld %d length %d splits %d", t.rows, t.cols, t.ld, t.length,
+                 t.splits);
+        check(bad == 0, name, "%zu of %zu int32 outputs differ from the CPU product", bad, want.size());
+        cudaCheck(cudaFree(d_a));
+        cudaCheck(cudaFree(d_b));
+        cudaCheck(cudaFree(d_c));
+        cudaCheck(cudaFree(d_length));
+    }
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // the CUDA model against the reference dump (GPT dumps): logits, loss, every gradient, 10 AdamW steps
 
@@ -780,6 +830,7 @@ int main(int argc, char** argv) {
     if (dump.header[2] == 0) test_state_header_host();
     if (dump.header[2] == 0) test_multi_gpu_rendezvous();
     test_quant_error_device(have_gpu);
+    test_kept_rows_gemm_device(have_gpu);
     if (have_gpu) {  // GPT: the LM; BERT: the masked LM, then the classifier (same tolerances, same reasons)
         matmul_setup();
         if (want[0]) test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);

@@ -150,10 +150,12 @@ template <typename T> static bool check_shape(int N, int M, int K, int g) {
 }
 
 // FP32 and BF16 tensors; shapes with N not a multiple of 16 (the ∇W GEMM's padding) or of a block, M a
-// multiple of 8 only, K of the Hadamard block only, and every block size
+// multiple of 8 only, K of the Hadamard block only, and every block size. The last three have whole 128 x 128
+// ∇W tiles, so where its sm_90a code runs the ∇W GEMM goes over the kept rows only (kernels/kept_rows_gemm.h),
+// split 4, 4 and 8 ways (few tiles; test_int4 checks the unsplit path on its own)
 static bool run_checks() {
     const int shapes[][4] = {{256, 192, 128, 32}, {1000, 136, 96, 32}, {300, 64, 256, 16}, {300, 64, 256, 64},
-                             {300, 64, 256, 128}};
+                             {300, 64, 256, 128}, {1000, 256, 128, 32}, {1000, 256, 384, 64}, {2000, 1024, 256, 32}};
     bool ok = true;
     for (auto& sh : shapes) ok = check_shape<float>(sh[0], sh[1], sh[2], sh[3]) && ok;
     for (auto& sh : shapes) ok = check_shape<__nv_bfloat16>(sh[0], sh[1], sh[2], sh[3]) && ok;
@@ -196,6 +198,26 @@ static void benchmark_shape(int N, int M, int K) {
            "int4 wq %6.3f ms, fwd - wq %7.3f ms (%.2fx bf16), bwd %7.3f ms (%.2fx bf16) | fwd+bwd %.2fx bf16\n",
            N, M, K, bf16_fwd, flops / bf16_fwd * 1e-9, bf16_bwd, int8_gemm, flops / int8_gemm * 1e-9, weight_quant,
            fwd_no_wq, bf16_fwd / fwd_no_wq, int4_bwd, bf16_bwd / int4_bwd, (bf16_fwd + bf16_bwd) / (fwd_no_wq + int4_bwd));
+    // the ∇W GEMM alone on the operands the last backward left (its kept rows, n_kept of them): BF16 over all N
+    // rows, the s8 GEMM over all rows padded (cuBLASLt), over the kept rows only (kernels/kept_rows_gemm.h)
+    int n_padded = CEIL_DIV(N, 16) * 16, n_kept;
+    cudaCheck(cudaMemcpy(&n_kept, s.n_kept, sizeof(int), cudaMemcpyDeviceToHost));
+    float bf16_dw = time_ms([&] { matmul_backward_weight(d_dw, (float*)nullptr, d_dy, d_x, N, K, M, d_reduce); });
+    float int8_dw_all = time_ms([&] { int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, 0); });
+    if (s.kept_rows_gemm && kept_rows_gemm_fits(M, K, n_padded)) {
+        int splits = kept_rows_gemm_splits((M / KEPT_TILE) * (K / KEPT_TILE), s.sms,
+                                           (int)ceilf(KEEP_RATIO * n_padded / KEPT_TILE));
+        float int8_dw_kept = time_ms([&] {
+            kept_rows_gemm(s.acc, s.operand_t, s.codes_x_t, M, K, n_padded, s.n_kept, splits, 0);
+        });
+        printf("%27s dW GEMM: bf16 %7.3f ms | s8 all %d rows %7.3f ms (%.2fx bf16) | s8 kept %d rows, %d split%s "
+               "%7.3f ms (%.2fx bf16, %.0f TOP/s on the kept rows)\n", "", bf16_dw, n_padded, int8_dw_all,
+               bf16_dw / int8_dw_all, n_kept, splits, splits > 1 ? "s" : "", int8_dw_kept, bf16_dw / int8_dw_kept,
+               2.0 * M * K * n_kept / int8_dw_kept * 1e-9);
+    } else {
+        printf("%27s dW GEMM: bf16 %7.3f ms | s8 all %d rows %7.3f ms (%.2fx bf16) | s8 kept rows: not here (needs "
+               "sm_90a and 128 x 128 tiles)\n", "", bf16_dw, n_padded, int8_dw_all, bf16_dw / int8_dw_all);
+    }
     quant_scratch_free(&s);
     for (void* p : {(void*)d_x, (void*)d_w, (void*)d_b, (void*)d_dy, (void*)d_y, (void*)d_dx, (void*)d_steps,
                     (void*)d_dw, (void*)d_db, (void*)d_dsteps, (void*)d_reduce, (void*)d_lss_stats}) {

@@ -3,14 +3,15 @@
 // INT4 codes are held one per int8 and multiplied on the s8 tensor cores through cuBLASLt (INT32
 // accumulation): the integers are exactly those of an INT4 GEMM, and a bit-split gradient (14·high + low)
 // is one INT8 operand. Nothing here allocates or waits for the host: LSS runs on the device (kernels/lss.h)
-// and the ∇W GEMM reduces over a fixed length (all token rows, padded to 16; the kept rows first, the rest
-// zero), because cuBLASLt needs its sizes on the host — so ρ < 1 lowers the estimator's cost in a GEMM that
-// can read n_kept on the device, not here. Codes are recomputed from the saved BF16/FP32 input in the
-// backward and transposes are separate passes; the fused, packed variants are in dev/.
+// and the ∇W GEMM reduces over the kept token rows only (kernels/kept_rows_gemm.h reads their count on the
+// device; on sm_90a, for whole 128 x 128 tiles) or else, through cuBLASLt, which needs its sizes on the host,
+// over all token rows padded to 16 (the kept rows first, the rest zero). Codes are recomputed from the saved
+// BF16/FP32 input in the backward and transposes are separate passes; the fused, packed variants are in dev/.
 #pragma once
 #include <algorithm>
 #include "common.h"
 #include "int4_math.h"
+#include "kept_rows_gemm.h"
 #include "lss.h"
 #include "matmul.h"
 #include "rng.h"
@@ -363,6 +364,8 @@ struct QuantScratch {
     unsigned int* absmax_bits;
     cudaStream_t side_stream;
     cudaEvent_t rows_done, keep_done;
+    bool kept_rows_gemm;   // ∇W over the kept rows only (kernels/kept_rows_gemm.h), where its sm_90a code runs
+    int sms;               // the device's multiprocessors: kept_rows_gemm's split count
 };
 
 #define QUANT_THREADS 128
@@ -408,6 +411,10 @@ inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
     cudaCheck(cudaStreamCreateWithFlags(&s->side_stream, cudaStreamNonBlocking));
     cudaCheck(cudaEventCreateWithFlags(&s->rows_done, cudaEventDisableTiming));
     cudaCheck(cudaEventCreateWithFlags(&s->keep_done, cudaEventDisableTiming));
+    s->kept_rows_gemm = hopper_wgmma_available();
+    int device;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, device));
 }
 
 inline void quant_scratch_free(QuantScratch* s) {
@@ -516,8 +523,8 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     int8_matmul_tn(s.acc, s.codes_w_t, s.operand, K, N, M, stream);  // row-major N x K
     quant_backward_finish(dinp, false, s.acc, s.row_coef, (const float*)nullptr, inp, N, K, g, step_x, dstep_x,
                           s.step_partials, stream);
-    // ∇W: kept rows gathered (scaled by 1/p) and bit-split with one tensor scale; the s8 GEMM over n_padded token
-    // columns (zeros past n_kept)
+    // ∇W: kept rows gathered (scaled by 1/p) and bit-split with one tensor scale; the s8 GEMM over the kept token
+    // columns where kept_rows_gemm runs, else over all n_padded (zeros past n_kept) with cuBLASLt
     cudaCheck(cudaStreamWaitEvent(stream, s.keep_done, 0));
     uint32_t key_dw = rng_key(seed, rng_stream_train(micro_step, linear_index, RNG_USE_DW_ROUND));
     int n_padded = CEIL_DIV(N, 16) * 16;
@@ -525,7 +532,13 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     lss_gather_kernel<<<gather_tiles, 256, 0, stream>>>(s.operand_t, s.codes_x_t, dout, s.codes_x, M, K, s.kept_rows,
                                                         s.kept_probs, s.n_kept, n_padded, s.absmax_bits, key_dw);
     cudaCheck(cudaGetLastError());
-    int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, stream);  // row-major M x K
+    if (s.kept_rows_gemm && kept_rows_gemm_fits(M, K, n_padded)) {
+        int expected_k_tiles = (int)ceilf(keep_ratio * n_padded / KEPT_TILE);
+        int splits = kept_rows_gemm_splits((M / KEPT_TILE) * (K / KEPT_TILE), s.sms, expected_k_tiles);
+        kept_rows_gemm(s.acc, s.operand_t, s.codes_x_t, M, K, n_padded, s.n_kept, splits, stream);  // M x K
+    } else {
+        int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, stream);  // row-major M x K
+    }
     tensor_coef_kernel<<<1, 1, 0, stream>>>(s.tensor_coef, s.absmax_bits, step_x);
     cudaCheck(cudaGetLastError());
     quant_backward_finish(dweight, true, s.acc, (const float*)nullptr, s.tensor_coef, weight, M, K, g, step_w, dstep_w,
