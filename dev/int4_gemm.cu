@@ -1,6 +1,6 @@
 // INT4 GEMM with a fused dequantize + bias epilogue: the forward product of train_int4's quantized linear layers.
 //   acc[n][m] = Σ_k A[n][k]·B[m][k]   (INT32)
-//   out[n][m] = bf16( acc[n][m] · scale_a[n] · scale_b[m] + bias[m] )
+//   out[n][m] = bf16 or fp32( acc[n][m] · scale_a[n] · scale_b[m] + bias[m] )
 // A (N x K) and B (M x K) hold INT4 codes in [-8, 7] packed two per byte along K, K-major (kernels/int4_math.h:
 // element 2j in the low nibble, 2j+1 in the high nibble). Scales are per row; a per-tensor scale is the case of
 // equal entries.
@@ -46,7 +46,8 @@ struct Int4GemmParams {
     const float* scale_a;         // (N)
     const float* scale_b;         // (M)
     const __nv_bfloat16* bias;    // (M)
-    __nv_bfloat16* out;           // (N, M)
+    __nv_bfloat16* out;           // (N, M), or when out_f32 is set:
+    float* out_f32;               // (N, M) FP32 outputs instead
     int32_t* acc_out;             // (N, M) the raw accumulators, for exact validation; nullptr when timing
     int N, M, K;
 };
@@ -79,17 +80,27 @@ __device__ __forceinline__ int int4_from_word(uint32_t word, int j) { return (in
 __device__ __forceinline__ void store_result(const Int4GemmParams& p, int n, int m, int32_t acc) {
     size_t idx = (size_t)n * p.M + m;
     if (p.acc_out) p.acc_out[idx] = acc;
-    p.out[idx] = __float2bfloat16_rn(epilogue_value(acc, p.scale_a[n], p.scale_b[m], __bfloat162float(p.bias[m])));
+    float y = epilogue_value(acc, p.scale_a[n], p.scale_b[m], __bfloat162float(p.bias[m]));
+    if (p.out_f32) {
+        p.out_f32[idx] = y;
+    } else {
+        p.out[idx] = __float2bfloat16_rn(y);
+    }
 }
 
-// out[n][m], out[n][m+1] from two accumulators (m even): one 4-byte bf16x2 store, one 8-byte int2 store
+// out[n][m], out[n][m+1] from two accumulators (m even): one 4-byte bf16x2 (or 8-byte float2) store, one 8-byte
+// int2 store
 __device__ __forceinline__ void store_result_pair(const Int4GemmParams& p, int n, int m, int32_t acc0, int32_t acc1) {
     size_t idx = (size_t)n * p.M + m;
     if (p.acc_out) *reinterpret_cast<int2*>(p.acc_out + idx) = make_int2(acc0, acc1);
     float scale_a = p.scale_a[n];
     float y0 = epilogue_value(acc0, scale_a, p.scale_b[m], __bfloat162float(p.bias[m]));
     float y1 = epilogue_value(acc1, scale_a, p.scale_b[m + 1], __bfloat162float(p.bias[m + 1]));
-    *reinterpret_cast<__nv_bfloat162*>(p.out + idx) = __floats2bfloat162_rn(y0, y1);
+    if (p.out_f32) {
+        *reinterpret_cast<float2*>(p.out_f32 + idx) = make_float2(y0, y1);
+    } else {
+        *reinterpret_cast<__nv_bfloat162*>(p.out + idx) = __floats2bfloat162_rn(y0, y1);
+    }
 }
 
 // D = A·B + D on one 16x8 tile with k = 32 signed bytes. Fragments (PTX ISA, "Matrix Fragments for
@@ -537,14 +548,20 @@ __device__ __forceinline__ void publish_expanded_k_tile(const WgmmaSharedMemory&
     if (consumer_thread == 0) mbarrier_arrive(&m.empty[stage]);
 }
 
-// consumer group c's 64 x 128 accumulators -> outputs (rows n0 + 64c ..): the epilogue values go to a bf16 tile in
-// shared memory (rows padded to 272 bytes, so the 32 lanes' 4-byte writes of 8 rows hit 32 banks), then out as
-// 16-byte stores of whole 256-byte rows. The operands were 16·q, so acc holds 256·Σab (version 4) and the shift by
-// 8 is exact. `staging`: 64 x 272 bytes no longer in use by the main loop.
+// consumer group c's 64 x 128 accumulators -> outputs (rows n0 + 64c ..). The operands were 16·q, so acc holds
+// 256·Σab (version 4) and the shift by 8 is exact. FP32 outputs go straight out: a quad of lanes writes 32
+// contiguous bytes, a whole sector. BF16 ones would write half sectors, so they go to a bf16 tile in shared memory
+// (rows padded to 272 bytes, so the 32 lanes' 4-byte writes of 8 rows hit 32 banks), then out as 16-byte stores
+// of whole 256-byte rows. `staging`: 64 x 272 bytes no longer in use by the main loop.
 __device__ __forceinline__ void store_consumer_tile(const Int4GemmParams& p, int32_t (&acc)[16][4], int n0, int m0,
                                                     int consumer, int thread, uint8_t* staging) {
     int warp = thread / 32, lane = thread % 32, group = lane / 4, tig = lane % 4;
     int row = 16 * warp + group, n = n0 + 64 * consumer + row;   // and row + 8
+    if (p.out_f32) {
+        const int32_t(&acc_tile)[1][16][4] = *reinterpret_cast<const int32_t(*)[1][16][4]>(&acc);
+        store_warp_tile(p, acc_tile, n0 + 64 * consumer + 16 * warp, m0, group, tig, 8);
+        return;
+    }
     float scale_lo = p.scale_a[n], scale_hi = p.scale_a[n + 8];
     #pragma unroll
     for (int j = 0; j < 16; j++) {
@@ -765,6 +782,7 @@ struct DeviceProblem {
     uint8_t *a, *b;
     float *scale_a, *scale_b;
     __nv_bfloat16 *bias, *out;
+    float* out_f32;
     int32_t* acc;
 };
 
@@ -783,6 +801,7 @@ static DeviceProblem upload_problem(const HostProblem& h) {
     d.scale_b = upload(h.scale_b);
     d.bias = upload(h.bias);
     cudaCheck(cudaMalloc(&d.out, (size_t)h.N * h.M * sizeof(__nv_bfloat16)));
+    cudaCheck(cudaMalloc(&d.out_f32, (size_t)h.N * h.M * sizeof(float)));
     cudaCheck(cudaMalloc(&d.acc, (size_t)h.N * h.M * sizeof(int32_t)));
     return d;
 }
@@ -794,21 +813,25 @@ static void free_problem(DeviceProblem& d) {
     cudaCheck(cudaFree(d.scale_b));
     cudaCheck(cudaFree(d.bias));
     cudaCheck(cudaFree(d.out));
+    cudaCheck(cudaFree(d.out_f32));
     cudaCheck(cudaFree(d.acc));
 }
 
-static Int4GemmParams gemm_params(const HostProblem& h, const DeviceProblem& d, bool with_acc) {
-    return Int4GemmParams{d.a, d.b, d.scale_a, d.scale_b, d.bias, d.out, with_acc ? d.acc : nullptr, h.N, h.M, h.K};
+// bf16 outputs, or fp32 ones; with_acc: the raw accumulators too (validation)
+static Int4GemmParams gemm_params(const HostProblem& h, const DeviceProblem& d, bool with_acc, bool fp32_out) {
+    return Int4GemmParams{d.a, d.b, d.scale_a, d.scale_b, d.bias, d.out, fp32_out ? d.out_f32 : nullptr,
+                          with_acc ? d.acc : nullptr, h.N, h.M, h.K};
 }
 
 // Checks a GPU result (acc, out: all N x M outputs) against the CPU reference on every output (full) or on the
 // four corners and SAMPLED_OUTPUTS - 4 hashed (n, m) positions (big shapes: a full CPU product takes minutes).
-// INT32 accumulators must match exactly. The bf16 output is checked against the reference's FP32 epilogue value
-// y: both sides do the same FP32 operations, so the only difference is the final round-to-nearest-even to bf16,
-// whose error is at most half an ulp, i.e. 2^-8·|y| for an 8-bit significand. On failure `why` says where.
+// INT32 accumulators must match exactly. Outputs are checked against the reference's FP32 epilogue value y:
+// both sides do the same FP32 operations, so fp32 outputs must equal y bit for bit, and bf16 ones differ only by
+// the final round-to-nearest-even to bf16, whose error is at most half an ulp, i.e. 2^-8·|y| for an 8-bit
+// significand. out holds the outputs as floats. On failure `why` says where.
 static bool compare_with_reference(const HostProblem& h, const std::vector<int32_t>& acc,
-                                   const std::vector<__nv_bfloat16>& out, bool full, char* why, size_t why_size,
-                                   double* max_rel_err) {
+                                   const std::vector<float>& out, bool fp32_out, bool full, char* why,
+                                   size_t why_size, double* max_rel_err) {
     size_t row_bytes = (size_t)h.K / 2, checks = full ? (size_t)h.N * h.M : SAMPLED_OUTPUTS;
     *max_rel_err = 0.0;
     for (size_t i = 0; i < checks; i++) {
@@ -827,11 +850,11 @@ static bool compare_with_reference(const HostProblem& h, const std::vector<int32
             return false;
         }
         float y = epilogue_value(want, h.scale_a[n], h.scale_b[m], __bfloat162float(h.bias[m]));
-        float got = __bfloat162float(out[idx]);
-        double err = fabs((double)got - (double)y), bound = ldexp(fabs((double)y), -8);
-        if (!(err <= bound)) {   // written so that a NaN output fails
-            snprintf(why, why_size, "bf16 output at n=%d m=%d is %.8g, expected %.8g (bf16 rounding allows %.3g)", n,
-                     m, got, y, bound);
+        float got = out[idx];
+        double err = fabs((double)got - (double)y), bound = fp32_out ? 0.0 : ldexp(fabs((double)y), -8);
+        if (!(err <= bound) || (fp32_out && memcmp(&got, &y, sizeof y) != 0)) {   // NaN fails, and -0 != +0 in fp32
+            snprintf(why, why_size, "%s output at n=%d m=%d is %.9g, expected %.9g (allowed difference %.3g)",
+                     fp32_out ? "fp32" : "bf16", n, m, got, y, bound);
             return false;
         }
         if (y != 0.0f) *max_rel_err = fmax(*max_rel_err, err / fabs((double)y));
@@ -839,19 +862,28 @@ static bool compare_with_reference(const HostProblem& h, const std::vector<int32
     return true;
 }
 
-// runs `version` once, writing the raw accumulators too, and compares it with the CPU reference
-static bool run_and_validate(int version, const HostProblem& h, const DeviceProblem& d, bool full, char* why,
-                             size_t why_size, double* max_rel_err) {
+// runs `version` once (bf16 or fp32 outputs), writing the raw accumulators too, and compares it with the CPU
+// reference
+static bool run_and_validate(int version, const HostProblem& h, const DeviceProblem& d, bool fp32_out, bool full,
+                             char* why, size_t why_size, double* max_rel_err) {
     size_t count = (size_t)h.N * h.M;
-    cudaCheck(cudaMemset(d.out, 0xFF, count * sizeof(__nv_bfloat16)));   // NaN and -1: stale results cannot pass
+    // all bits set: NaN outputs and -1 accumulators, so stale results cannot pass
+    cudaCheck(cudaMemset(d.out, 0xFF, count * sizeof(__nv_bfloat16)));
+    cudaCheck(cudaMemset(d.out_f32, 0xFF, count * sizeof(float)));
     cudaCheck(cudaMemset(d.acc, 0xFF, count * sizeof(int32_t)));
-    run_int4_gemm(version, gemm_params(h, d, true));
+    run_int4_gemm(version, gemm_params(h, d, true, fp32_out));
     cudaCheck(cudaDeviceSynchronize());
     std::vector<int32_t> acc(count);
-    std::vector<__nv_bfloat16> out(count);
+    std::vector<float> out(count);
     cudaCheck(cudaMemcpy(acc.data(), d.acc, count * sizeof(int32_t), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(out.data(), d.out, count * sizeof(__nv_bfloat16), cudaMemcpyDeviceToHost));
-    return compare_with_reference(h, acc, out, full, why, why_size, max_rel_err);
+    if (fp32_out) {
+        cudaCheck(cudaMemcpy(out.data(), d.out_f32, count * sizeof(float), cudaMemcpyDeviceToHost));
+    } else {
+        std::vector<__nv_bfloat16> out_bf16(count);
+        cudaCheck(cudaMemcpy(out_bf16.data(), d.out, count * sizeof(__nv_bfloat16), cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < count; i++) out[i] = __bfloat162float(out_bf16[i]);
+    }
+    return compare_with_reference(h, acc, out, fp32_out, full, why, why_size, max_rel_err);
 }
 
 // mean milliseconds of one call over TIMED_REPEATS back-to-back calls, after WARMUP_REPEATS untimed ones
@@ -877,12 +909,12 @@ static bool benchmark_shape(int version, int N, int M, int K) {
     bool full = (uint64_t)N * M * K <= FULL_CHECK_MAX_MACS;
     char why[256];
     double max_rel_err;
-    if (!run_and_validate(version, h, d, full, why, sizeof why, &max_rel_err)) {
+    if (!run_and_validate(version, h, d, false, full, why, sizeof why, &max_rel_err)) {
         printf("%5d x %5d x %5d  FAIL v%d: %s\n", N, M, K, version, why);
         free_problem(d);
         return false;
     }
-    Int4GemmParams params = gemm_params(h, d, false);
+    Int4GemmParams params = gemm_params(h, d, false, false);
     float int4_ms = time_ms([&] { run_int4_gemm(version, params); });
 
     // baselines on the same values; their outputs reuse the (already validated) output buffers
@@ -928,14 +960,21 @@ static int run_check() {
             printf("SKIP int4_gemm v6: wgmma needs an sm_90 GPU and a build with sm_90a\n");
             continue;
         }
-        char why[256];
-        double max_rel_err;
-        if (run_and_validate(version, h, d, true, why, sizeof why, &max_rel_err)) {
-            printf("PASS int4_gemm v%d (%d x %d x %d, int32 exact, max bf16 rel err %.1e)\n", version, N, M, K,
-                   max_rel_err);
-        } else {
-            printf("FAIL int4_gemm v%d (%d x %d x %d): %s\n", version, N, M, K, why);
-            failures++;
+        for (bool fp32_out : {false, true}) {
+            char why[256];
+            double max_rel_err;
+            if (run_and_validate(version, h, d, fp32_out, true, why, sizeof why, &max_rel_err)) {
+                if (fp32_out) {
+                    printf("PASS int4_gemm v%d fp32 out (%d x %d x %d, int32 and fp32 exact)\n", version, N, M, K);
+                } else {
+                    printf("PASS int4_gemm v%d bf16 out (%d x %d x %d, int32 exact, max bf16 rel err %.1e)\n",
+                           version, N, M, K, max_rel_err);
+                }
+            } else {
+                printf("FAIL int4_gemm v%d %s out (%d x %d x %d): %s\n", version, fp32_out ? "fp32" : "bf16", N, M,
+                       K, why);
+                failures++;
+            }
         }
     }
     free_problem(d);
