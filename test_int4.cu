@@ -695,6 +695,24 @@ static void test_state_header_host() {
           accepted ? "accepted" : "REFUSED", refused ? "refused" : "ACCEPTED");
 }
 
+// kept_rows_gemm's split count (host): always 1..KEPT_MAX_SPLITS and at most the k-tiles, unsplit once the
+// tiles fill half the multiprocessors, and a split grid never needs a second wave (its atomic epilogues would
+// then cost more than the split saves: dev/results/kept_rows_gemm_h200.log)
+static void test_kept_rows_gemm_splits_host() {
+    int bad = 0, checked = 0;
+    for (int sms : {78, 108, 132})
+        for (int tiles = 1; tiles <= 400; tiles++)
+            for (int k_tiles = 0; k_tiles <= 160; k_tiles++) {
+                int s = kept_rows_gemm_splits(tiles, sms, k_tiles);
+                bool ok = s >= 1 && s <= KEPT_MAX_SPLITS && s <= std::max(k_tiles, 1) && (tiles <= sms / 2 || s == 1) &&
+                          (s == 1 || tiles * s <= sms);
+                bad += !ok;
+                checked++;
+            }
+    check(bad == 0, "kept_rows_gemm split counts", "%d of %d (tiles, SMs, k-tiles) cases outside the rules", bad,
+          checked);
+}
+
 static void test_trainer_host_pieces() {
     // warmup 10 to lr 1.0, cosine to 0.1 at step 100
     float first = learning_rate_at(0, 10, 100, 1.0f, 0.1f), peak = learning_rate_at(9, 10, 100, 1.0f, 0.1f);
@@ -827,6 +845,7 @@ int main(int argc, char** argv) {
     test_layer0_quantizers_host(dump);
     test_layer0_linear_host(dump);
     if (dump.header[2] == 0) test_trainer_host_pieces();
+    if (dump.header[2] == 0) test_kept_rows_gemm_splits_host();
     if (dump.header[2] == 0) test_state_header_host();
     if (dump.header[2] == 0) test_multi_gpu_rendezvous();
     test_quant_error_device(have_gpu);
