@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(KEPT_THREADS, 1)
                           int32_t* c, int cols, const int* length, int ld) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ uint8_t smem_raw[];
-    uint8_t* stages = (uint8_t*)(((uintptr_t)smem_raw + SWIZZLE_ATOM_BYTES - 1) & ~(uintptr_t)(SWIZZLE_ATOM_BYTES - 1));
+    uint8_t* stages = align_to_swizzle_atom(smem_raw);
     uint64_t* full = (uint64_t*)(stages + KEPT_STAGES * KEPT_STAGE_BYTES);
     uint64_t* empty = full + KEPT_STAGES;
     int warp_group = threadIdx.x / 128, r0 = blockIdx.y * KEPT_TILE, c0 = blockIdx.x * KEPT_TILE;
