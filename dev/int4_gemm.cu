@@ -7,7 +7,10 @@
 //
 // Build: make dev/int4_gemm     (sm_80 + sm_90a; no --use_fast_math: the epilogue rounds like the CPU reference)
 // Run:   ./dev/int4_gemm [version] [N M K]   default: the fastest version for this GPU on GPT-2-sized shapes
-//        ./dev/int4_gemm --check             every version on one small shape, a PASS/FAIL line per version
+//        ./dev/int4_gemm --check             every version on five shapes, PASS/FAIL per version and output
+// Sizes: any N, M >= 1. K: a multiple of 16 (the smallest Hadamard block g) for versions 1-3, of 32 for versions
+// 4-7, whose 16-byte cp.async and TMA loads need packed rows (K/2 bytes) in whole 16-byte units. Tiles past N, M
+// or K are loaded as zeros and their outputs not stored.
 //
 // version 1: naive, one thread per output, nibbles unpacked straight from global memory
 // version 2: 64x64 output tiles, packed k-tiles in shared memory, 4x4 outputs per thread, scalar integer math
@@ -19,7 +22,9 @@
 //            path; on sm_90 it is correct but emulated, ~26x slower than s8: ../shared/device-ceilings.md)
 // version 6: sm_90a, warp-specialised: TMA streams packed k-tiles into an mbarrier ring, two consumer warp groups
 //            expand them to s8 in the 128-byte swizzle and multiply with wgmma m64n128k32 s8; bf16 tile staged
-//            in shared memory for 16-byte stores (the sm_90 default; needs a build with sm_90a)
+//            in shared memory for 16-byte stores (needs a build with sm_90a)
+// version 7: version 6 made persistent: one block per SM walks the output tiles, the TMA loader runs ahead into
+//            the next tile while the consumers store the last one (the sm_90 default)
 // Baselines on the same shapes: cuBLASLt BF16 (bf16 in, fp32 accumulate, bf16 out with bias) and cuBLASLt INT8
 // (int8 in, int32 out, TN, CUBLAS_COMPUTE_32I).
 #include <string.h>
@@ -31,8 +36,7 @@
 #include "../kernels/matmul.h"
 #include "../kernels/hopper.h"
 
-#define NUM_VERSIONS 6
-#define SHAPE_MULTIPLE 128                  // the block tile of versions 4-6 along N, M and K
+#define NUM_VERSIONS 7
 #define MAX_K 65536                         // versions 4, 6 accumulate 256·acc: 256·64·K must stay below 2^31
 #define FULL_CHECK_MAX_MACS (1ull << 28)    // beyond this the CPU checks a sample (a full check would take minutes)
 #define SAMPLED_OUTPUTS 4096
@@ -76,8 +80,9 @@ static int32_t int4_dot_reference(const uint8_t* a_row, const uint8_t* b_row, in
 // signed INT4 value j (0..7) of a 32-bit word of packed codes: bits 4j..4j+3, sign-extended
 __device__ __forceinline__ int int4_from_word(uint32_t word, int j) { return (int)(word << (28 - 4 * j)) >> 28; }
 
-// out[n][m] (and acc_out[n][m] when validating) from one accumulator
+// out[n][m] (and acc_out[n][m] when validating) from one accumulator; nothing past the last row or column
 __device__ __forceinline__ void store_result(const Int4GemmParams& p, int n, int m, int32_t acc) {
+    if (n >= p.N || m >= p.M) return;
     size_t idx = (size_t)n * p.M + m;
     if (p.acc_out) p.acc_out[idx] = acc;
     float y = epilogue_value(acc, p.scale_a[n], p.scale_b[m], __bfloat162float(p.bias[m]));
@@ -89,8 +94,16 @@ __device__ __forceinline__ void store_result(const Int4GemmParams& p, int n, int
 }
 
 // out[n][m], out[n][m+1] from two accumulators (m even): one 4-byte bf16x2 (or 8-byte float2) store, one 8-byte
-// int2 store
+// int2 store. CHECK_BOUNDS: nothing past the last row, and at the last column or when M is odd (rows then start
+// at odd elements, misaligned for pair stores) two single stores instead.
+template <bool CHECK_BOUNDS>
 __device__ __forceinline__ void store_result_pair(const Int4GemmParams& p, int n, int m, int32_t acc0, int32_t acc1) {
+    if (CHECK_BOUNDS && (m + 1 >= p.M || p.M % 2 != 0)) {
+        store_result(p, n, m, acc0);
+        store_result(p, n, m + 1, acc1);
+        return;
+    }
+    if (CHECK_BOUNDS && n >= p.N) return;
     size_t idx = (size_t)n * p.M + m;
     if (p.acc_out) *reinterpret_cast<int2*>(p.acc_out + idx) = make_int2(acc0, acc1);
     float scale_a = p.scale_a[n];
@@ -131,17 +144,29 @@ __device__ __forceinline__ void mma_s4_m16n8k64(int32_t (&c)[4], const uint32_t 
 
 // a warp's MI x NJ grid of 16x8 accumulator tiles (layout of c above) -> outputs; n_base, m_base: the warp's
 // first output row and column. `shift` undoes a power-of-two operand scaling (arithmetic shift, exact there).
-template <int MI, int NJ>
-__device__ __forceinline__ void store_warp_tile(const Int4GemmParams& p, const int32_t (&acc)[MI][NJ][4], int n_base,
-                                                int m_base, int group, int tig, int shift) {
+template <int MI, int NJ, bool CHECK_BOUNDS>
+__device__ __forceinline__ void store_warp_pairs(const Int4GemmParams& p, const int32_t (&acc)[MI][NJ][4], int n_base,
+                                                 int m_base, int group, int tig, int shift) {
     #pragma unroll
     for (int mi = 0; mi < MI; mi++) {
         #pragma unroll
         for (int nj = 0; nj < NJ; nj++) {
             int n = n_base + 16 * mi + group, m = m_base + 8 * nj + 2 * tig;
-            store_result_pair(p, n, m, acc[mi][nj][0] >> shift, acc[mi][nj][1] >> shift);
-            store_result_pair(p, n + 8, m, acc[mi][nj][2] >> shift, acc[mi][nj][3] >> shift);
+            store_result_pair<CHECK_BOUNDS>(p, n, m, acc[mi][nj][0] >> shift, acc[mi][nj][1] >> shift);
+            store_result_pair<CHECK_BOUNDS>(p, n + 8, m, acc[mi][nj][2] >> shift, acc[mi][nj][3] >> shift);
         }
+    }
+}
+
+// the same; only a warp whose outputs cross the last row or column (or with M odd) checks each pair (a branch
+// uniform over the warp: checks in every warp cost version 4 about 10% at K = 768, 273 against 304 TOP/s)
+template <int MI, int NJ>
+__device__ __forceinline__ void store_warp_tile(const Int4GemmParams& p, const int32_t (&acc)[MI][NJ][4], int n_base,
+                                                int m_base, int group, int tig, int shift) {
+    if (n_base + 16 * MI <= p.N && m_base + 8 * NJ <= p.M && p.M % 2 == 0) {
+        store_warp_pairs<MI, NJ, false>(p, acc, n_base, m_base, group, tig, shift);
+    } else {
+        store_warp_pairs<MI, NJ, true>(p, acc, n_base, m_base, group, tig, shift);
     }
 }
 
@@ -153,6 +178,7 @@ __device__ __forceinline__ void store_warp_tile(const Int4GemmParams& p, const i
 __global__ void int4_gemm_naive_kernel(Int4GemmParams p) {
     int m = blockIdx.x * blockDim.x + threadIdx.x;
     int n = blockIdx.y * blockDim.y + threadIdx.y;
+    if (n >= p.N || m >= p.M) return;
     size_t row_bytes = p.K / 2;
     const uint8_t* a_row = p.a + n * row_bytes;
     const uint8_t* b_row = p.b + m * row_bytes;
@@ -166,7 +192,7 @@ __global__ void int4_gemm_naive_kernel(Int4GemmParams p) {
 
 void launch_int4_gemm_naive(const Int4GemmParams& p) {
     dim3 block(32, 8);
-    dim3 grid(p.M / block.x, p.N / block.y);
+    dim3 grid(CEIL_DIV(p.M, block.x), CEIL_DIV(p.N, block.y));
     int4_gemm_naive_kernel<<<grid, block>>>(p);
     cudaCheck(cudaGetLastError());
 }
@@ -192,9 +218,10 @@ __global__ void __launch_bounds__(SMEM_THREADS) int4_gemm_smem_kernel(Int4GemmPa
     int32_t acc[4][4] = {};
     for (int k_word0 = 0; k_word0 < row_words; k_word0 += SMEM_K_WORDS) {
         for (int i = threadIdx.x; i < SMEM_TILE * SMEM_K_WORDS; i += SMEM_THREADS) {
-            int row = i / SMEM_K_WORDS, word = i % SMEM_K_WORDS;
-            tile_a[row][word] = a_words[(size_t)(n0 + row) * row_words + k_word0 + word];
-            tile_b[row][word] = b_words[(size_t)(m0 + row) * row_words + k_word0 + word];
+            int row = i / SMEM_K_WORDS, word = i % SMEM_K_WORDS, k_word = k_word0 + word;
+            bool in_k = k_word < row_words;   // zeros past the last row or k
+            tile_a[row][word] = in_k && n0 + row < p.N ? a_words[(size_t)(n0 + row) * row_words + k_word] : 0u;
+            tile_b[row][word] = in_k && m0 + row < p.M ? b_words[(size_t)(m0 + row) * row_words + k_word] : 0u;
         }
         __syncthreads();
         for (int word = 0; word < SMEM_K_WORDS; word++) {
@@ -219,7 +246,7 @@ __global__ void __launch_bounds__(SMEM_THREADS) int4_gemm_smem_kernel(Int4GemmPa
 }
 
 void launch_int4_gemm_smem(const Int4GemmParams& p) {
-    dim3 grid(p.M / SMEM_TILE, p.N / SMEM_TILE);
+    dim3 grid(CEIL_DIV(p.M, SMEM_TILE), CEIL_DIV(p.N, SMEM_TILE));
     int4_gemm_smem_kernel<<<grid, SMEM_THREADS>>>(p);
     cudaCheck(cudaGetLastError());
 }
@@ -258,11 +285,12 @@ __global__ void __launch_bounds__(MMA_THREADS) int4_gemm_mma_s8_kernel(Int4GemmP
     for (size_t k_byte0 = 0; k_byte0 < row_bytes; k_byte0 += MMA_K_BYTES) {
         for (int i = threadIdx.x; i < MMA_TILE * MMA_K_BYTES / 4; i += MMA_THREADS) {
             int row = i / (MMA_K_BYTES / 4), word = i % (MMA_K_BYTES / 4);
-            size_t offset = k_byte0 + 4 * word;
+            size_t offset = k_byte0 + 4 * word;   // zeros past the last row or k (rows are whole words: K % 16 == 0)
+            bool in_k = offset < row_bytes;
             *reinterpret_cast<uint32_t*>(tile_a + row * MMA_ROW_STRIDE + 4 * word) =
-                *reinterpret_cast<const uint32_t*>(p.a + (n0 + row) * row_bytes + offset);
+                in_k && n0 + row < p.N ? *reinterpret_cast<const uint32_t*>(p.a + (n0 + row) * row_bytes + offset) : 0u;
             *reinterpret_cast<uint32_t*>(tile_b + row * MMA_ROW_STRIDE + 4 * word) =
-                *reinterpret_cast<const uint32_t*>(p.b + (m0 + row) * row_bytes + offset);
+                in_k && m0 + row < p.M ? *reinterpret_cast<const uint32_t*>(p.b + (m0 + row) * row_bytes + offset) : 0u;
         }
         __syncthreads();
         #pragma unroll
@@ -296,7 +324,7 @@ __global__ void __launch_bounds__(MMA_THREADS) int4_gemm_mma_s8_kernel(Int4GemmP
 }
 
 void launch_int4_gemm_mma_s8(const Int4GemmParams& p) {
-    dim3 grid(p.M / MMA_TILE, p.N / MMA_TILE);
+    dim3 grid(CEIL_DIV(p.M, MMA_TILE), CEIL_DIV(p.N, MMA_TILE));
     int4_gemm_mma_s8_kernel<<<grid, MMA_THREADS>>>(p);
     cudaCheck(cudaGetLastError());
 }
@@ -313,17 +341,35 @@ void launch_int4_gemm_mma_s8(const Int4GemmParams& p) {
 #define PIPE_WARP_N 64
 #define PIPE_WARP_M 32
 
-// copies k-tile `k_tile` of the block's 128 A rows and 128 B rows into `stage` (A then B, 64 bytes per row):
-// 1024 chunks of 16 bytes, 4 per thread, consecutive threads on consecutive chunks (one 64-byte run per row)
-__device__ __forceinline__ void load_stage_async(uint8_t* stage, const Int4GemmParams& p, int n0, int m0, int k_tile) {
-    size_t row_bytes = p.K / 2, k_byte0 = (size_t)k_tile * PIPE_ROW_BYTES;
+// copies the k-tile at packed byte k_byte0 of the block's 128 A rows and 128 B rows into `stage` (A then B, 64
+// bytes per row): 1024 chunks of 16 bytes, 4 per thread, consecutive threads on consecutive chunks (one 64-byte run
+// per row). CHECK_BOUNDS: chunks past the last row or k are zero-filled without a read (K % 32 == 0: a chunk is
+// wholly in or out).
+template <bool CHECK_BOUNDS>
+__device__ __forceinline__ void copy_stage_chunks(uint8_t* stage, const Int4GemmParams& p, int n0, int m0,
+                                                  size_t k_byte0) {
+    size_t row_bytes = p.K / 2;
     const int chunks_per_row = PIPE_ROW_BYTES / 16;
     #pragma unroll
     for (int chunk = threadIdx.x; chunk < PIPE_TILE * chunks_per_row; chunk += PIPE_THREADS) {
         int row = chunk / chunks_per_row, offset = 16 * (chunk % chunks_per_row);
-        cp_async_16(stage + row * PIPE_ROW_BYTES + offset, p.a + (n0 + row) * row_bytes + k_byte0 + offset);
+        bool in_k = !CHECK_BOUNDS || k_byte0 + offset < row_bytes;
+        bool a_in = in_k && (!CHECK_BOUNDS || n0 + row < p.N), b_in = in_k && (!CHECK_BOUNDS || m0 + row < p.M);
+        cp_async_16(stage + row * PIPE_ROW_BYTES + offset,
+                    a_in ? p.a + (n0 + row) * row_bytes + k_byte0 + offset : p.a, a_in ? 16 : 0);
         cp_async_16(stage + (PIPE_TILE + row) * PIPE_ROW_BYTES + offset,
-                    p.b + (m0 + row) * row_bytes + k_byte0 + offset);
+                    b_in ? p.b + (m0 + row) * row_bytes + k_byte0 + offset : p.b, b_in ? 16 : 0);
+    }
+}
+
+// k-tile `k_tile` into `stage`; only the k-tiles at the matrices' edges pay for the bounds checks (a uniform branch:
+// checks on every k-tile cost version 4 about 6% at K = 768: 257 against 273 TOP/s, both with checked stores)
+__device__ __forceinline__ void load_stage_async(uint8_t* stage, const Int4GemmParams& p, int n0, int m0, int k_tile) {
+    size_t k_byte0 = (size_t)k_tile * PIPE_ROW_BYTES;
+    if (n0 + PIPE_TILE <= p.N && m0 + PIPE_TILE <= p.M && k_byte0 + PIPE_ROW_BYTES <= (size_t)p.K / 2) {
+        copy_stage_chunks<false>(stage, p, n0, m0, k_byte0);
+    } else {
+        copy_stage_chunks<true>(stage, p, n0, m0, k_byte0);
     }
 }
 
@@ -363,7 +409,7 @@ template <typename MultiplyStage>
 __device__ __forceinline__ void pipelined_mainloop(const Int4GemmParams& p, uint8_t* pipeline, int n0, int m0,
                                                    int warp_n, int warp_m, int group, int tig,
                                                    MultiplyStage multiply_stage) {
-    int k_tiles = p.K / PIPE_K_TILE;
+    int k_tiles = CEIL_DIV(p.K, PIPE_K_TILE);
     for (int s = 0; s < PIPE_STAGES - 1; s++) {
         if (s < k_tiles) load_stage_async(pipeline + s * PIPE_STAGE_BYTES, p, n0, m0, s);
         cp_async_commit();
@@ -455,7 +501,7 @@ __global__ void __launch_bounds__(PIPE_THREADS) int4_gemm_native_s4_kernel(Int4G
 template <typename Kernel> void launch_pipelined(Kernel kernel, const Int4GemmParams& p) {
     const int smem_bytes = PIPE_STAGES * PIPE_STAGE_BYTES;
     cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    dim3 grid(p.M / PIPE_TILE, p.N / PIPE_TILE);
+    dim3 grid(CEIL_DIV(p.M, PIPE_TILE), CEIL_DIV(p.N, PIPE_TILE));
     kernel<<<grid, PIPE_THREADS, smem_bytes>>>(p);
     cudaCheck(cudaGetLastError());
 }
@@ -465,7 +511,7 @@ void launch_int4_gemm_pipelined_s8(const Int4GemmParams& p) { launch_pipelined(i
 void launch_int4_gemm_native_s4(const Int4GemmParams& p) { launch_pipelined(int4_gemm_native_s4_kernel, p); }
 
 // ---------------------------------------------------------------------------------------------------------------
-// version 6: wgmma + TMA (sm_90a)
+// versions 6 and 7: wgmma + TMA (sm_90a)
 
 #define WG_TILE 128                                  // outputs per block along n (2 consumer warp groups x 64) and m
 #define WG_K_TILE 128                                // INT4 values per k-tile: one 128-byte row of s8 per operand row
@@ -477,39 +523,59 @@ void launch_int4_gemm_native_s4(const Int4GemmParams& p) { launch_pipelined(int4
 #define WG_THREADS 384                               // warp group 0 loads (one thread), 1 and 2 expand and multiply
 
 #define WG_STAGING_ROW_BYTES (2 * WG_TILE + 16)     // a bf16 output row in the epilogue, padded (store_consumer_tile)
-// dynamic shared memory: the expanded buffers, the packed stages, their mbarriers, room to align the start to 1024
+// a consumer group's epilogue area: 64 staged bf16 rows, then the tile's 128 column scales, 64 row scales, 128 biases
+#define WG_EPILOGUE_GROUP_BYTES (64 * WG_STAGING_ROW_BYTES + WG_TILE * 4 + 64 * 4 + WG_TILE * 2)
+// dynamic shared memory: the expanded buffers, the packed stages, their mbarriers, room to align the start to 1024;
+// version 7 adds the two epilogue areas (version 6 puts them in the packed stages, free by then)
 #define WG_SMEM_BYTES (WG_S8_BUFFERS * WG_S8_BUFFER_BYTES + WG_PACKED_STAGES * WG_PACKED_STAGE_BYTES + \
                        2 * WG_PACKED_STAGES * 8 + SWIZZLE_ATOM_BYTES)
+#define WG_PERSISTENT_SMEM_BYTES (WG_SMEM_BYTES + 2 * WG_EPILOGUE_GROUP_BYTES)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// 64 rows of a packed k-tile (64 bytes per row) -> s8 16·q in the 128-byte swizzle (row r's 16-byte chunk c at
-// chunk c ^ (r mod 8)), by one warp group: 512 chunks, 4 per thread. A quarter warp writes one whole 128-byte row
-// and a warp reads 256 contiguous packed bytes, so neither side has bank conflicts. Chunk c holds the even
-// nibbles then the odd nibbles of each of its two packed words: the same k-permutation for A and B.
-__device__ __forceinline__ void expand_rows_swizzled(uint8_t* s8_rows, const uint8_t* packed_rows, int thread) {
+// 64 rows of A and 64 rows of B of a packed k-tile (64 bytes per row) -> s8 16·q in the 128-byte swizzle (row
+// r's 16-byte chunk c at chunk c ^ (r mod 8)), by one warp group: 2 x 512 chunks, 8 per thread. A quarter warp
+// writes one whole 128-byte row and a warp reads 256 contiguous packed bytes, so neither side has bank conflicts.
+// Chunk c holds the even nibbles then the odd nibbles of each of its two packed words: the same k-permutation for
+// A and B. All eight loads come before the first store: the compiler may not move a shared load above a shared
+// store (they might alias), and one load's latency after another's was the kernel's main stall.
+__device__ __forceinline__ void expand_k_tile_swizzled(uint8_t* s8_a_rows, uint8_t* s8_b_rows,
+                                                       const uint8_t* packed_a_rows, const uint8_t* packed_b_rows,
+                                                       int thread) {
+    uint2 a[4], b[4];
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int item = thread + 128 * i, offset = (item / 8) * WG_PACKED_ROW_BYTES + 8 * (item % 8);
+        a[i] = *reinterpret_cast<const uint2*>(packed_a_rows + offset);
+        b[i] = *reinterpret_cast<const uint2*>(packed_b_rows + offset);
+    }
     #pragma unroll
     for (int i = 0; i < 4; i++) {
         int item = thread + 128 * i, row = item / 8, chunk = item % 8;
-        uint2 w = *reinterpret_cast<const uint2*>(packed_rows + row * WG_PACKED_ROW_BYTES + 8 * chunk);
-        uint4 v = make_uint4(even_nibbles_x16(w.x), odd_nibbles_x16(w.x), even_nibbles_x16(w.y), odd_nibbles_x16(w.y));
-        *reinterpret_cast<uint4*>(s8_rows + row * WG_K_TILE + 16 * (chunk ^ (row % 8))) = v;
+        int offset = row * WG_K_TILE + 16 * (chunk ^ (row % 8));
+        *reinterpret_cast<uint4*>(s8_a_rows + offset) = make_uint4(even_nibbles_x16(a[i].x), odd_nibbles_x16(a[i].x),
+                                                                   even_nibbles_x16(a[i].y), odd_nibbles_x16(a[i].y));
+        *reinterpret_cast<uint4*>(s8_b_rows + offset) = make_uint4(even_nibbles_x16(b[i].x), odd_nibbles_x16(b[i].x),
+                                                                   even_nibbles_x16(b[i].y), odd_nibbles_x16(b[i].y));
     }
 }
 
 // shared memory: WG_S8_BUFFERS expanded k-tiles (1024-aligned, as the swizzle requires), then the packed TMA
-// stages, then the stages' full and empty mbarriers
+// stages, then the stages' full and empty mbarriers, then (own_epilogue) the consumers' epilogue areas, which
+// otherwise reuse the packed stages
 struct WgmmaSharedMemory {
     uint8_t* s8_buffers;
     uint8_t* packed_stages;
     uint64_t *full, *empty;
+    uint8_t* epilogue;   // consumer c's WG_EPILOGUE_GROUP_BYTES at c · WG_EPILOGUE_GROUP_BYTES
 };
 
-__device__ __forceinline__ WgmmaSharedMemory wgmma_shared_memory(uint8_t* raw) {
+__device__ __forceinline__ WgmmaSharedMemory wgmma_shared_memory(uint8_t* raw, bool own_epilogue) {
     WgmmaSharedMemory m;
-    m.s8_buffers = (uint8_t*)(((uintptr_t)raw + SWIZZLE_ATOM_BYTES - 1) & ~(uintptr_t)(SWIZZLE_ATOM_BYTES - 1));
+    m.s8_buffers = align_to_swizzle_atom(raw);
     m.packed_stages = m.s8_buffers + WG_S8_BUFFERS * WG_S8_BUFFER_BYTES;
     m.full = (uint64_t*)(m.packed_stages + WG_PACKED_STAGES * WG_PACKED_STAGE_BYTES);
     m.empty = m.full + WG_PACKED_STAGES;
+    m.epilogue = own_epilogue ? (uint8_t*)(m.empty + WG_PACKED_STAGES) : m.packed_stages;
     return m;
 }
 
@@ -525,14 +591,16 @@ __device__ __forceinline__ void init_stage_barriers(const WgmmaSharedMemory& m) 
     __syncthreads();
 }
 
-// the loader (one thread): k-tile kt's packed A rows n0.. and B rows m0.. into stage kt % WG_PACKED_STAGES once
-// the consumers have released that stage's previous k-tile
+// the loader (one thread): the k-tiles of one output tile, k-tile kt's packed A rows n0.. and B rows m0.. into
+// stage i % WG_PACKED_STAGES (i = ring + kt, ring: the k-tiles this block loaded before) once the consumers have
+// released that stage's previous k-tile
 __device__ __forceinline__ void load_packed_k_tiles(const WgmmaSharedMemory& m, const CUtensorMap* map_a,
-                                                    const CUtensorMap* map_b, int n0, int m0, int k_tiles) {
+                                                    const CUtensorMap* map_b, int n0, int m0, int k_tiles, int ring) {
     for (int kt = 0; kt < k_tiles; kt++) {
-        int s = kt % WG_PACKED_STAGES;
-        if (kt >= WG_PACKED_STAGES) mbarrier_wait(&m.empty[s], (kt / WG_PACKED_STAGES - 1) & 1);
+        int i = ring + kt, s = i % WG_PACKED_STAGES;
+        if (i >= WG_PACKED_STAGES) mbarrier_wait(&m.empty[s], (i / WG_PACKED_STAGES - 1) & 1);
         uint8_t* stage = m.packed_stages + s * WG_PACKED_STAGE_BYTES;
+        // the whole boxes count, zero-filled parts past the last row or k included
         mbarrier_arrive_expect_bytes(&m.full[s], WG_PACKED_STAGE_BYTES);
         tma_load_2d(stage, map_a, kt * WG_PACKED_ROW_BYTES, n0, &m.full[s]);
         tma_load_2d(stage + WG_TILE * WG_PACKED_ROW_BYTES, map_b, kt * WG_PACKED_ROW_BYTES, m0, &m.full[s]);
@@ -552,23 +620,35 @@ __device__ __forceinline__ void publish_expanded_k_tile(const WgmmaSharedMemory&
 // 256·Σab (version 4) and the shift by 8 is exact. FP32 outputs go straight out: a quad of lanes writes 32
 // contiguous bytes, a whole sector. BF16 ones would write half sectors, so they go to a bf16 tile in shared memory
 // (rows padded to 272 bytes, so the 32 lanes' 4-byte writes of 8 rows hit 32 banks), then out as 16-byte stores
-// of whole 256-byte rows. `staging`: 64 x 272 bytes no longer in use by the main loop.
+// of whole 256-byte rows. The tile's scales and biases are first copied to shared memory, one load per thread.
+// `area`: the group's WG_EPILOGUE_GROUP_BYTES, not in use by the main loop. A tile that crosses the last row or
+// column, or whose rows are not 16-byte aligned (M % 8 != 0), takes the direct stores of FP32 outputs, which check
+// bounds per element (the choice is the same for the whole block, as the barriers need).
 __device__ __forceinline__ void store_consumer_tile(const Int4GemmParams& p, int32_t (&acc)[16][4], int n0, int m0,
-                                                    int consumer, int thread, uint8_t* staging) {
+                                                    int consumer, int thread, uint8_t* area) {
     int warp = thread / 32, lane = thread % 32, group = lane / 4, tig = lane % 4;
-    int row = 16 * warp + group, n = n0 + 64 * consumer + row;   // and row + 8
-    if (p.out_f32) {
+    bool whole_tile = n0 + WG_TILE <= p.N && m0 + WG_TILE <= p.M && p.M % 8 == 0;
+    if (p.out_f32 || !whole_tile) {
         const int32_t(&acc_tile)[1][16][4] = *reinterpret_cast<const int32_t(*)[1][16][4]>(&acc);
         store_warp_tile(p, acc_tile, n0 + 64 * consumer + 16 * warp, m0, group, tig, 8);
         return;
     }
-    float scale_lo = p.scale_a[n], scale_hi = p.scale_a[n + 8];
+    uint8_t* staging = area;
+    float* tile_scale_b = reinterpret_cast<float*>(area + 64 * WG_STAGING_ROW_BYTES);
+    float* tile_scale_a = tile_scale_b + WG_TILE;
+    __nv_bfloat16* tile_bias = reinterpret_cast<__nv_bfloat16*>(tile_scale_a + 64);
+    tile_scale_b[thread] = p.scale_b[m0 + thread];
+    tile_bias[thread] = p.bias[m0 + thread];
+    if (thread < 64) tile_scale_a[thread] = p.scale_a[n0 + 64 * consumer + thread];
+    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + consumer) : "memory");   // the group's scales and biases are in
+    int row = 16 * warp + group, n = n0 + 64 * consumer + row;   // and row + 8
+    float scale_lo = tile_scale_a[row], scale_hi = tile_scale_a[row + 8];
     #pragma unroll
     for (int j = 0; j < 16; j++) {
         int col = 8 * j + 2 * tig, m = m0 + col;
         int32_t lo0 = acc[j][0] >> 8, lo1 = acc[j][1] >> 8, hi0 = acc[j][2] >> 8, hi1 = acc[j][3] >> 8;
-        float2 scale_b = *reinterpret_cast<const float2*>(p.scale_b + m);
-        float2 bias = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p.bias + m));
+        float2 scale_b = *reinterpret_cast<const float2*>(tile_scale_b + col);
+        float2 bias = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(tile_bias + col));
         __nv_bfloat162 y_lo = __floats2bfloat162_rn(epilogue_value(lo0, scale_lo, scale_b.x, bias.x),
                                                      epilogue_value(lo1, scale_lo, scale_b.y, bias.y));
         __nv_bfloat162 y_hi = __floats2bfloat162_rn(epilogue_value(hi0, scale_hi, scale_b.x, bias.x),
@@ -588,38 +668,24 @@ __device__ __forceinline__ void store_consumer_tile(const Int4GemmParams& p, int
         *reinterpret_cast<uint4*>(p.out + (size_t)(n0 + 64 * consumer + r) * p.M + m0 + 8 * c) = v;
     }
 }
-#endif
 
-// version 6: a 128x128 output tile per block. One thread of warp group 0 streams packed k-tiles of A and B with
-// TMA into a 4-stage ring (full/empty mbarriers); warp groups 1 and 2 each expand 64 rows of A and of B to s8
-// 16·q in a swizzled buffer and run four m64n128k32 wgmma per k-tile on their 64 rows, one k-tile in flight.
-__global__ void __launch_bounds__(WG_THREADS, 1)
-    int4_gemm_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                               Int4GemmParams p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    extern __shared__ uint8_t smem_raw[];
-    WgmmaSharedMemory m = wgmma_shared_memory(smem_raw);
-    int warp_group = threadIdx.x / 128, n0 = blockIdx.y * WG_TILE, m0 = blockIdx.x * WG_TILE;
-    int k_tiles = p.K / WG_K_TILE;
-    init_stage_barriers(m);
-    if (warp_group == 0) {
-        if (threadIdx.x == 0) load_packed_k_tiles(m, &map_a, &map_b, n0, m0, k_tiles);
-        return;
-    }
-
-    int consumer = warp_group - 1, thread = threadIdx.x % 128;   // consumer c owns A rows 64c..64c+63 of the tile
-    int32_t acc[16][4] = {};
+// consumer group c's part of one output tile: its 64 x 128 accumulators over the tile's k_tiles k-tiles, taken
+// from the ring at position ring (as the loader put them). Per k-tile: wait for the packed stage, expand this
+// group's 64 A rows and 64 B rows to s8, publish, four m64n128k32 wgmma on the group's A rows and all 128 B rows,
+// keeping one k-tile's wgmma in flight. On return every wgmma has completed.
+__device__ __forceinline__ void multiply_tile(const WgmmaSharedMemory& m, int32_t (&acc)[16][4], int k_tiles, int ring,
+                                              int consumer, int thread) {
     for (int kt = 0; kt < k_tiles; kt++) {
-        int s = kt % WG_PACKED_STAGES;
-        mbarrier_wait(&m.full[s], (kt / WG_PACKED_STAGES) & 1);
+        int i = ring + kt, s = i % WG_PACKED_STAGES;
+        mbarrier_wait(&m.full[s], (i / WG_PACKED_STAGES) & 1);
         const uint8_t* stage = m.packed_stages + s * WG_PACKED_STAGE_BYTES;
-        // buffer kt % 3 was last read by the wgmma of k-tile kt-3: this group waited for those at the end of
-        // k-tile kt-2, and the other group too, since it has passed the barrier of k-tile kt-1
-        uint8_t* s8_a = m.s8_buffers + (kt % WG_S8_BUFFERS) * WG_S8_BUFFER_BYTES;
+        // buffer i % 3 was last read by the wgmma of k-tile i-3: this group waited for those at the end of k-tile
+        // i-2 (or of its tile), and the other group too, since it has passed the barrier of k-tile i-1
+        uint8_t* s8_a = m.s8_buffers + (i % WG_S8_BUFFERS) * WG_S8_BUFFER_BYTES;
         uint8_t* s8_b = s8_a + WG_TILE * WG_K_TILE;
-        expand_rows_swizzled(s8_a + 64 * consumer * WG_K_TILE, stage + 64 * consumer * WG_PACKED_ROW_BYTES, thread);
-        expand_rows_swizzled(s8_b + 64 * consumer * WG_K_TILE,
-                             stage + (WG_TILE + 64 * consumer) * WG_PACKED_ROW_BYTES, thread);
+        expand_k_tile_swizzled(s8_a + 64 * consumer * WG_K_TILE, s8_b + 64 * consumer * WG_K_TILE,
+                               stage + 64 * consumer * WG_PACKED_ROW_BYTES,
+                               stage + (WG_TILE + 64 * consumer) * WG_PACKED_ROW_BYTES, thread);
         publish_expanded_k_tile(m, s, 128 * consumer + thread);
         wgmma_fence();
         uint64_t desc_a = wgmma_descriptor(s8_a + 64 * consumer * WG_K_TILE), desc_b = wgmma_descriptor(s8_b);
@@ -634,27 +700,103 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     }
     wgmma_wait<0>();
     wgmma_fence_accumulators(acc);
-    // every k-tile has been loaded and expanded (the last publish barrier): the packed stages are free
-    store_consumer_tile(p, acc, n0, m0, consumer, thread, m.packed_stages + consumer * 64 * WG_STAGING_ROW_BYTES);
+}
+#endif
+
+// version 6: a 128x128 output tile per block. One thread of warp group 0 streams packed k-tiles of A and B with
+// TMA into a 4-stage ring (full/empty mbarriers); warp groups 1 and 2 each expand 64 rows of A and of B to s8
+// 16·q in a swizzled buffer and run four m64n128k32 wgmma per k-tile on their 64 rows, one k-tile in flight.
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    int4_gemm_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                               Int4GemmParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    WgmmaSharedMemory m = wgmma_shared_memory(smem_raw, false);
+    int warp_group = threadIdx.x / 128, n0 = blockIdx.y * WG_TILE, m0 = blockIdx.x * WG_TILE;
+    int k_tiles = CEIL_DIV(p.K, WG_K_TILE);   // TMA fills the boxes' parts past the last row or k with zeros
+    init_stage_barriers(m);
+    if (warp_group == 0) {
+        if (threadIdx.x == 0) load_packed_k_tiles(m, &map_a, &map_b, n0, m0, k_tiles, 0);
+        return;
+    }
+    int consumer = warp_group - 1, thread = threadIdx.x % 128;   // consumer c owns A rows 64c..64c+63 of the tile
+    int32_t acc[16][4] = {};
+    multiply_tile(m, acc, k_tiles, 0, consumer, thread);
+    // every k-tile has been loaded and expanded (the last publish barrier): the packed stages are free for the
+    // epilogue areas
+    store_consumer_tile(p, acc, n0, m0, consumer, thread, m.epilogue + consumer * WG_EPILOGUE_GROUP_BYTES);
 #else
-    __trap();   // launched only where the sm_90a code runs (launch_int4_gemm_wgmma_tma checks)
+    __trap();   // launched only where the sm_90a code runs (wgmma_tensor_maps checks)
 #endif
 }
 
-// version 6: the tensor maps, the grid of 128x128 tiles, 384 threads
-void launch_int4_gemm_wgmma_tma(const Int4GemmParams& p) {
+// version 7: version 6 made persistent. One block per SM walks the output tiles t = blockIdx.x, + gridDim.x, ...
+// (m fastest, as version 6's grid); the loader runs ahead across tile boundaries, so the next tile's first k-tiles
+// arrive while the consumers are in the epilogue, which stages in shared memory of its own.
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    int4_gemm_wgmma_persistent_kernel(const __grid_constant__ CUtensorMap map_a,
+                                      const __grid_constant__ CUtensorMap map_b, Int4GemmParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    WgmmaSharedMemory m = wgmma_shared_memory(smem_raw, true);
+    int warp_group = threadIdx.x / 128, tiles_m = CEIL_DIV(p.M, WG_TILE), tiles = CEIL_DIV(p.N, WG_TILE) * tiles_m;
+    int k_tiles = CEIL_DIV(p.K, WG_K_TILE);
+    init_stage_barriers(m);
+    if (warp_group == 0) {
+        if (threadIdx.x != 0) return;
+        for (int tile = blockIdx.x, ring = 0; tile < tiles; tile += gridDim.x, ring += k_tiles) {
+            load_packed_k_tiles(m, &map_a, &map_b, (tile / tiles_m) * WG_TILE, (tile % tiles_m) * WG_TILE, k_tiles,
+                                ring);
+        }
+        return;
+    }
+    int consumer = warp_group - 1, thread = threadIdx.x % 128;
+    for (int tile = blockIdx.x, ring = 0; tile < tiles; tile += gridDim.x, ring += k_tiles) {
+        int32_t acc[16][4] = {};
+        multiply_tile(m, acc, k_tiles, ring, consumer, thread);
+        // the epilogue area is free again: this group finished reading it in the previous tile's epilogue before
+        // it reached this tile's first publish barrier
+        store_consumer_tile(p, acc, (tile / tiles_m) * WG_TILE, (tile % tiles_m) * WG_TILE, consumer, thread,
+                            m.epilogue + consumer * WG_EPILOGUE_GROUP_BYTES);
+    }
+#else
+    __trap();   // launched only where the sm_90a code runs (wgmma_tensor_maps checks)
+#endif
+}
+
+// versions 6 and 7: the tensor maps of A and B. Box: one block's 128 rows x 64 packed bytes, unswizzled (the
+// expansion reads it row by row); the row stride K/2 is a multiple of 16 bytes, as TMA requires.
+static void wgmma_tensor_maps(const Int4GemmParams& p, CUtensorMap* map_a, CUtensorMap* map_b) {
     static const bool available = hopper_wgmma_available();
     if (!available) {
-        fprintf(stderr, "int4_gemm: version 6 (wgmma + TMA) needs an sm_90 GPU and a build with sm_90a\n");
+        fprintf(stderr, "int4_gemm: versions 6 and 7 (wgmma + TMA) need an sm_90 GPU and a build with sm_90a\n");
         exit(EXIT_FAILURE);
     }
-    // box: one block's 128 rows x 64 packed bytes, unswizzled (the expansion reads it row by row)
-    CUtensorMap map_a = tensor_map_2d_bytes(p.a, p.N, p.K / 2, WG_TILE, WG_PACKED_ROW_BYTES, false);
-    CUtensorMap map_b = tensor_map_2d_bytes(p.b, p.M, p.K / 2, WG_TILE, WG_PACKED_ROW_BYTES, false);
+    *map_a = tensor_map_2d_bytes(p.a, p.N, p.K / 2, WG_TILE, WG_PACKED_ROW_BYTES, false);
+    *map_b = tensor_map_2d_bytes(p.b, p.M, p.K / 2, WG_TILE, WG_PACKED_ROW_BYTES, false);
+}
+
+// version 6: a grid of 128x128 tiles, 384 threads
+void launch_int4_gemm_wgmma_tma(const Int4GemmParams& p) {
+    CUtensorMap map_a, map_b;
+    wgmma_tensor_maps(p, &map_a, &map_b);
     cudaCheck(cudaFuncSetAttribute(int4_gemm_wgmma_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    WG_SMEM_BYTES));
-    dim3 grid(p.M / WG_TILE, p.N / WG_TILE);
+    dim3 grid(CEIL_DIV(p.M, WG_TILE), CEIL_DIV(p.N, WG_TILE));
     int4_gemm_wgmma_tma_kernel<<<grid, WG_THREADS, WG_SMEM_BYTES>>>(map_a, map_b, p);
+    cudaCheck(cudaGetLastError());
+}
+
+// version 7: one block per SM (its shared memory allows no second), at most one per tile
+void launch_int4_gemm_wgmma_persistent(const Int4GemmParams& p) {
+    CUtensorMap map_a, map_b;
+    wgmma_tensor_maps(p, &map_a, &map_b);
+    static int sms = 0;
+    if (sms == 0) cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    cudaCheck(cudaFuncSetAttribute(int4_gemm_wgmma_persistent_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   WG_PERSISTENT_SMEM_BYTES));
+    int tiles = CEIL_DIV(p.M, WG_TILE) * CEIL_DIV(p.N, WG_TILE);
+    int4_gemm_wgmma_persistent_kernel<<<min(tiles, sms), WG_THREADS, WG_PERSISTENT_SMEM_BYTES>>>(map_a, map_b, p);
     cudaCheck(cudaGetLastError());
 }
 
@@ -666,6 +808,7 @@ void run_int4_gemm(int version, const Int4GemmParams& p) {
         case 4: launch_int4_gemm_pipelined_s8(p); break;
         case 5: launch_int4_gemm_native_s4(p); break;
         case 6: launch_int4_gemm_wgmma_tma(p); break;
+        case 7: launch_int4_gemm_wgmma_persistent(p); break;
         default: fprintf(stderr, "int4_gemm: unknown version %d (1-%d)\n", version, NUM_VERSIONS); exit(EXIT_FAILURE);
     }
 }
@@ -751,6 +894,7 @@ struct HostProblem {
     std::vector<uint8_t> a, b;            // (N, K/2), (M, K/2) packed
     std::vector<float> scale_a, scale_b;  // (N), (M)
     std::vector<__nv_bfloat16> bias;      // (M)
+    std::vector<int32_t> ref_acc;         // (N, M) the CPU's accumulators, once computed (full checks)
 };
 
 // rows x K codes, uniform over [-8, 7] (so -8·-8 = 64, the largest product, is well represented), packed
@@ -844,7 +988,8 @@ static bool compare_with_reference(const HostProblem& h, const std::vector<int32
             n = (int)(hash_index(6, 2 * i) % h.N), m = (int)(hash_index(6, 2 * i + 1) % h.M);
         }
         size_t idx = (size_t)n * h.M + m;
-        int32_t want = int4_dot_reference(&h.a[n * row_bytes], &h.b[m * row_bytes], h.K);
+        int32_t want = h.ref_acc.empty() ? int4_dot_reference(&h.a[n * row_bytes], &h.b[m * row_bytes], h.K)
+                                         : h.ref_acc[idx];
         if (acc[idx] != want) {
             snprintf(why, why_size, "int32 accumulator at n=%d m=%d is %d, expected %d", n, m, acc[idx], want);
             return false;
@@ -891,14 +1036,17 @@ template <typename Fn> static float time_ms(Fn&& fn) {
     return mean_launch_ms([&](int) { fn(); }, WARMUP_REPEATS, TIMED_REPEATS);
 }
 
-// the shape rules every version relies on (tiles without bounds checks, version 4's 256·acc headroom)
-static bool shape_supported(int N, int M, int K) {
-    if (N > 0 && M > 0 && K > 0 && N % SHAPE_MULTIPLE == 0 && M % SHAPE_MULTIPLE == 0 && K % SHAPE_MULTIPLE == 0 &&
-        K <= MAX_K) {
-        return true;
+// what K must be a multiple of (the header says why); version 0, the default, is one of 4-7
+static int k_multiple(int version) { return version >= 1 && version <= 3 ? 16 : 32; }
+
+// the shape rules of `version` (0: the default); K <= MAX_K keeps versions 4 and 6's 256·acc within int32
+static bool shape_supported(int version, int N, int M, int K, bool report) {
+    int multiple = k_multiple(version);
+    if (N > 0 && M > 0 && K > 0 && K % multiple == 0 && K <= MAX_K) return true;
+    if (report) {
+        fprintf(stderr, "int4_gemm: N and M must be positive and K a positive multiple of %d (versions %s), at most "
+                "%d (got N=%d M=%d K=%d)\n", multiple, multiple == 16 ? "1-3" : "4-7", MAX_K, N, M, K);
     }
-    fprintf(stderr, "int4_gemm: N, M and K must be positive multiples of %d and K at most %d (got N=%d M=%d K=%d)\n",
-            SHAPE_MULTIPLE, MAX_K, N, M, K);
     return false;
 }
 
@@ -948,16 +1096,34 @@ static bool benchmark_shape(int version, int N, int M, int K) {
     return true;
 }
 
-// --check: every version on one small shape, checked in full. 384 x 256 x 640 rather than a square power of two:
-// N != M catches swapped indices, and 5 k-tiles of 128 run version 4/5's pipeline past its 4 stages.
-static int run_check() {
-    const int N = 384, M = 256, K = 640;
+// all N x M accumulators on the CPU, once for the full checks of every version (OpenMP threads over rows)
+static void compute_reference_accumulators(HostProblem& h) {
+    size_t row_bytes = (size_t)h.K / 2;
+    h.ref_acc.resize((size_t)h.N * h.M);
+    #pragma omp parallel for
+    for (int n = 0; n < h.N; n++) {
+        for (int m = 0; m < h.M; m++) {
+            h.ref_acc[(size_t)n * h.M + m] = int4_dot_reference(&h.a[n * row_bytes], &h.b[m * row_bytes], h.K);
+        }
+    }
+}
+
+// every version on N x M x K (those whose K rule it meets), BF16 then FP32 outputs, each checked in full against
+// the CPU; the number of failures
+static int check_shape(int N, int M, int K) {
     HostProblem h = make_host_problem(N, M, K);
+    compute_reference_accumulators(h);
     DeviceProblem d = upload_problem(h);
     int failures = 0;
     for (int version = 1; version <= NUM_VERSIONS; version++) {
-        if (version == 6 && !hopper_wgmma_available()) {
-            printf("SKIP int4_gemm v6: wgmma needs an sm_90 GPU and a build with sm_90a\n");
+        if (!shape_supported(version, N, M, K, false)) {
+            printf("     int4_gemm v%d not run on %d x %d x %d: it needs K to be a multiple of %d\n", version, N, M, K,
+                   k_multiple(version));
+            continue;
+        }
+        if (version >= 6 && !hopper_wgmma_available()) {
+            printf("SKIP int4_gemm v%d (%d x %d x %d): wgmma needs an sm_90 GPU and a build with sm_90a\n", version, N,
+                   M, K);
             continue;
         }
         for (bool fp32_out : {false, true}) {
@@ -978,6 +1144,20 @@ static int run_check() {
         }
     }
     free_problem(d);
+    return failures;
+}
+
+// --check: every version on five shapes, each checked in full, with BF16 and with FP32 outputs:
+//   384 x 256 x 640  whole tiles; N != M catches swapped indices; 5 k-tiles of 128 run versions 4-7 past 4 stages
+//   200 x 70 x 96    partial tiles along N and M (M % 8 != 0: versions 6-7's direct stores), one partial k-tile
+//   130 x 37 x 608   odd M (single stores), 2 rows in a second row of tiles, 4 whole k-tiles and a partial one
+//   77 x 45 x 48     K a multiple of g = 16 only: versions 1-3 (4-7 need K % 32)
+//   2200 x 2200 x 352  324 tiles, more than 2x the H200's 132 SMs: version 7's blocks walk 2-3 tiles each, and
+//                      with 3 k-tiles per tile its 4-stage ring wraps at a different k-tile in each tile
+static int run_check() {
+    const int shapes[][3] = {{384, 256, 640}, {200, 70, 96}, {130, 37, 608}, {77, 45, 48}, {2200, 2200, 352}};
+    int failures = 0;
+    for (const auto& shape : shapes) failures += check_shape(shape[0], shape[1], shape[2]);
     return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
@@ -997,7 +1177,7 @@ int main(int argc, char** argv) {
                                16384, 768, 3072, 16384, 4096, 4096, 16384, 16384, 4096};
     if (argc == 5) shapes = {atoi(argv[2]), atoi(argv[3]), atoi(argv[4])};
     for (size_t i = 0; i < shapes.size(); i += 3) {
-        if (!shape_supported(shapes[i], shapes[i + 1], shapes[i + 2])) return EXIT_FAILURE;
+        if (!shape_supported(version, shapes[i], shapes[i + 1], shapes[i + 2], true)) return EXIT_FAILURE;
     }
 
     cudaDeviceProp prop;
@@ -1008,9 +1188,10 @@ int main(int argc, char** argv) {
         matmul_teardown();
         return status;
     }
-    // by default the fastest version for the device: native s4 where INT4 tensor cores exist (sm_8x), wgmma on
-    // sm_90 (dev/results/int4_gemm_wgmma_h200.log: 1.3-1.5x version 4), else s8 mma.sync
-    if (version == 0) version = prop.major == 8 ? 5 : hopper_wgmma_available() ? 6 : 4;
+    // by default the fastest version for the device: native s4 where INT4 tensor cores exist (sm_8x), persistent
+    // wgmma on sm_90 (dev/results/int4_gemm_odd_sizes_v7_h200.log: 1.0-1.1x version 6, 1.8-1.9x version 4), else
+    // s8 mma.sync
+    if (version == 0) version = prop.major == 8 ? 5 : hopper_wgmma_available() ? 7 : 4;
     printf("int4_gemm version %d on %s (sm_%d%d); ratios are int4 TOP/s over the baseline's T(FL)OP/s\n", version,
            prop.name, prop.major, prop.minor);
     bool all_valid = true;
