@@ -346,7 +346,7 @@ static void test_quant_error_device(bool have_gpu) {
     cudaCheck(cudaFree(d_scratch));
 }
 
-// the ∇W GEMM over the kept rows (kernels/kept_rows_gemm.h) against an int32 CPU product over the first
+// the ∇W GEMM over the kept rows (kernels/s8_wgmma_gemm.h) against an int32 CPU product over the first
 // min(length, ld) columns, bit for bit: stored (1 split) and atomic (several), a length inside a k-tile, zero,
 // all of ld and past it, ld not a multiple of the 128-column k-tile (TMA's zero fill past ld)
 static void test_kept_rows_gemm_device(bool have_gpu) {
@@ -393,6 +393,60 @@ static void test_kept_rows_gemm_device(bool have_gpu) {
         cudaCheck(cudaFree(d_b));
         cudaCheck(cudaFree(d_c));
         cudaCheck(cudaFree(d_length));
+    }
+}
+
+// the forward GEMM with the dequantize in its epilogue (kernels/s8_wgmma_gemm.h) against the path it replaces,
+// cuBLASLt's INT32 GEMM then dequantize_bias_kernel: both round acc·scale, then + bias, once each in FP32, so
+// every output must match bit for bit. INT4 codes in [-8, 7] as the quantizer writes them; shapes with whole
+// tiles, edge tiles (rows and columns not multiples of 128) and more tiles than SMs (the persistent walk)
+template <typename T> static void test_dequant_gemm_device(const char* type) {
+    if (!hopper_wgmma_available()) { skip("dequant_gemm", "needs an sm_90 GPU and a build with sm_90a"); return; }
+    struct Case { int N, M, K; bool bias; };
+    const Case cases[] = {{256, 384, 256, true}, {300, 136, 96, true}, {200, 72, 48, false}, {4096, 768, 64, true}};
+    for (const Case& t : cases) {
+        std::vector<int8_t> x((size_t)t.N * t.K), w((size_t)t.M * t.K);
+        std::vector<T> bias(t.M);
+        uint32_t key = rng_key(12, (uint32_t)t.N);
+        for (size_t i = 0; i < x.size(); i++) x[i] = (int8_t)((int)(rng_hash(key, 0, (uint32_t)i) & 15) - 8);
+        for (size_t i = 0; i < w.size(); i++) w[i] = (int8_t)((int)(rng_hash(key, 1, (uint32_t)i) & 15) - 8);
+        for (int m = 0; m < t.M; m++) bias[m] = host_from_float<T>(rng_uniform_from_bits(rng_hash(key, 2, m)) - 0.5f);
+        float steps[2] = {-0.0123f, 0.00457f};   // a negative step too: the scale takes |s|
+        int8_t *d_x, *d_w;
+        T *d_bias, *d_fused, *d_unfused;
+        float* d_steps;
+        int32_t* d_acc;
+        cudaCheck(cudaMalloc(&d_x, x.size()));
+        cudaCheck(cudaMalloc(&d_w, w.size()));
+        cudaCheck(cudaMalloc(&d_bias, t.M * sizeof(T)));
+        cudaCheck(cudaMalloc(&d_steps, sizeof steps));
+        cudaCheck(cudaMalloc(&d_acc, (size_t)t.N * t.M * sizeof(int32_t)));
+        cudaCheck(cudaMalloc(&d_fused, (size_t)t.N * t.M * sizeof(T)));
+        cudaCheck(cudaMalloc(&d_unfused, (size_t)t.N * t.M * sizeof(T)));
+        cudaCheck(cudaMemcpy(d_x, x.data(), x.size(), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_w, w.data(), w.size(), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_bias, bias.data(), t.M * sizeof(T), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d_steps, steps, sizeof steps, cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemset(d_fused, 0xFF, (size_t)t.N * t.M * sizeof(T)));   // NaN everywhere: stale output fails
+        int sms;
+        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+        const T* b = t.bias ? d_bias : nullptr;
+        dequant_gemm(d_fused, d_x, d_w, b, t.N, t.M, t.K, d_steps, d_steps + 1, sms, 0);
+        int8_matmul_tn(d_acc, d_w, d_x, t.M, t.N, t.K, 0);
+        int vectors = (int)((long)t.N * t.M / Packed<T>::size);
+        dequantize_bias_kernel<<<CEIL_DIV(vectors, 256), 256>>>(d_unfused, d_acc, b, vectors, t.M, d_steps, d_steps + 1);
+        cudaCheck(cudaGetLastError());
+        std::vector<T> fused((size_t)t.N * t.M), unfused(fused.size());
+        cudaCheck(cudaMemcpy(fused.data(), d_fused, fused.size() * sizeof(T), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(unfused.data(), d_unfused, unfused.size() * sizeof(T), cudaMemcpyDeviceToHost));
+        size_t bad = 0;
+        for (size_t i = 0; i < fused.size(); i++) bad += memcmp(&fused[i], &unfused[i], sizeof(T)) != 0;
+        char name[96];
+        snprintf(name, sizeof name, "dequant_gemm %s %dx%dx%d%s", type, t.N, t.M, t.K, t.bias ? " + bias" : "");
+        check(bad == 0, name, "%zu of %zu outputs differ from cuBLASLt + dequantize_bias_kernel", bad, fused.size());
+        for (void* p : std::initializer_list<void*>{d_x, d_w, d_bias, d_steps, d_acc, d_fused, d_unfused}) {
+            cudaCheck(cudaFree(p));
+        }
     }
 }
 
@@ -852,6 +906,8 @@ int main(int argc, char** argv) {
     test_kept_rows_gemm_device(have_gpu);
     if (have_gpu) {  // GPT: the LM; BERT: the masked LM, then the classifier (same tolerances, same reasons)
         matmul_setup();
+        test_dequant_gemm_device<float>("fp32");
+        test_dequant_gemm_device<__nv_bfloat16>("bf16");
         if (want[0]) test_model_vs_dump<float>(dump, "fp32", 1e-5f, 1e-5f, 1e-5f, 1e-5f);
         if (want[1]) test_model_vs_dump<__nv_bfloat16>(dump, "bf16", 2e-2f, 1e-2f, 2e-2f, 1e-2f);
         if (want[2]) test_model_vs_dump<float>(dump, "int4", 1e-5f, 1e-5f, 5e-3f, 1e-5f);

@@ -151,7 +151,7 @@ template <typename T> static bool check_shape(int N, int M, int K, int g) {
 
 // FP32 and BF16 tensors; shapes with N not a multiple of 16 (the ∇W GEMM's padding) or of a block, M a
 // multiple of 8 only, K of the Hadamard block only, and every block size. The last three have whole 128 x 128
-// ∇W tiles, so where its sm_90a code runs the ∇W GEMM goes over the kept rows only (kernels/kept_rows_gemm.h),
+// ∇W tiles, so where its sm_90a code runs the ∇W GEMM goes over the kept rows only (kernels/s8_wgmma_gemm.h),
 // split 4, 4 and 8 ways (few tiles; test_int4 checks the unsplit path on its own)
 static bool run_checks() {
     const int shapes[][4] = {{256, 192, 128, 32}, {1000, 136, 96, 32}, {300, 64, 256, 16}, {300, 64, 256, 64},
@@ -188,25 +188,33 @@ static void benchmark_shape(int N, int M, int K) {
     float bf16_bwd = time_ms([&] { matmul_backward(d_dx, d_dw, d_db, d_dy, d_x, d_w, N, K, M, d_reduce); });
     float int8_gemm = time_ms([&] { int8_matmul_tn(s.acc, s.codes_w, s.codes_x, M, N, K, 0); });
     float weight_quant = time_ms([&] { hadamard_quantize(s.codes_w, (int8_t*)nullptr, d_w, M, K, HADAMARD_BLOCK, d_steps + 1, 0); });
-    float int4_fwd = time_ms([&] { quant_linear_forward(d_y, d_x, d_w, d_b, N, K, M, HADAMARD_BLOCK, d_steps, d_steps + 1, s, 0); });
+    auto int4_forward = [&] { quant_linear_forward(d_y, d_x, d_w, d_b, N, K, M, HADAMARD_BLOCK, d_steps, d_steps + 1, s, 0); };
+    float int4_fwd = time_ms(int4_forward);
+    // where the forward GEMM dequantizes in its epilogue (sm_90a), the path it replaced too: cuBLASLt's INT32 GEMM,
+    // then the dequantize pass
+    s.wgmma = false;
+    float int4_fwd_unfused = time_ms(int4_forward);
+    s.wgmma = hopper_wgmma_available();
     float int4_bwd = time_ms([&] {
         quant_linear_backward(d_dx, d_dw, d_db, d_dsteps, d_dsteps + 1, d_dy, d_x, d_w, N, K, M, HADAMARD_BLOCK, d_steps,
                               d_steps + 1, KEEP_RATIO, SEED, 0, 0, d_lss_stats, s, d_reduce, 0);
     });
     float fwd_no_wq = int4_fwd - weight_quant;
     printf("%6d x %5d x %5d | bf16 fwd %7.3f ms %5.0f TF/s, bwd %7.3f ms | int8 GEMM %7.3f ms %5.0f TOP/s | "
-           "int4 wq %6.3f ms, fwd - wq %7.3f ms (%.2fx bf16), bwd %7.3f ms (%.2fx bf16) | fwd+bwd %.2fx bf16\n",
+           "int4 wq %6.3f ms, fwd - wq %7.3f ms (%.2fx bf16; unfused %7.3f ms), bwd %7.3f ms (%.2fx bf16) | "
+           "fwd+bwd %.2fx bf16\n",
            N, M, K, bf16_fwd, flops / bf16_fwd * 1e-9, bf16_bwd, int8_gemm, flops / int8_gemm * 1e-9, weight_quant,
-           fwd_no_wq, bf16_fwd / fwd_no_wq, int4_bwd, bf16_bwd / int4_bwd, (bf16_fwd + bf16_bwd) / (fwd_no_wq + int4_bwd));
+           fwd_no_wq, bf16_fwd / fwd_no_wq, int4_fwd_unfused - weight_quant, int4_bwd, bf16_bwd / int4_bwd,
+           (bf16_fwd + bf16_bwd) / (fwd_no_wq + int4_bwd));
     // the ∇W GEMM alone on the operands the last backward left (its kept rows, n_kept of them): BF16 over all N
-    // rows, the s8 GEMM over all rows padded (cuBLASLt), over the kept rows only (kernels/kept_rows_gemm.h)
+    // rows, the s8 GEMM over all rows padded (cuBLASLt), over the kept rows only (kernels/s8_wgmma_gemm.h)
     int n_padded = CEIL_DIV(N, 16) * 16, n_kept;
     cudaCheck(cudaMemcpy(&n_kept, s.n_kept, sizeof(int), cudaMemcpyDeviceToHost));
     float bf16_dw = time_ms([&] { matmul_backward_weight(d_dw, (float*)nullptr, d_dy, d_x, N, K, M, d_reduce); });
     float int8_dw_all = time_ms([&] { int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, 0); });
-    if (s.kept_rows_gemm && kept_rows_gemm_fits(M, K, n_padded)) {
-        int splits = kept_rows_gemm_splits((M / KEPT_TILE) * (K / KEPT_TILE), s.sms,
-                                           (int)ceilf(KEEP_RATIO * n_padded / KEPT_TILE));
+    if (s.wgmma && kept_rows_gemm_fits(M, K, n_padded)) {
+        int splits = kept_rows_gemm_splits((M / S8_TILE) * (K / S8_TILE), s.sms,
+                                           (int)ceilf(KEEP_RATIO * n_padded / S8_TILE));
         float int8_dw_kept = time_ms([&] {
             kept_rows_gemm(s.acc, s.operand_t, s.codes_x_t, M, K, n_padded, s.n_kept, splits, 0);
         });

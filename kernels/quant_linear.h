@@ -1,9 +1,10 @@
 // The quantized linear layer of train_int4's INT4 mode (../shared/method.md): HQ-MM forward, BS + LSS
 // backward, as kernels/int4_reference.h computes it on the CPU (same scalar functions, same FP32 order).
-// INT4 codes are held one per int8 and multiplied on the s8 tensor cores through cuBLASLt (INT32
-// accumulation): the integers are exactly those of an INT4 GEMM, and a bit-split gradient (14·high + low)
-// is one INT8 operand. Nothing here allocates or waits for the host: LSS runs on the device (kernels/lss.h)
-// and the ∇W GEMM reduces over the kept token rows only (kernels/kept_rows_gemm.h reads their count on the
+// INT4 codes are held one per int8 and multiplied on the s8 tensor cores (INT32 accumulation): the integers are
+// exactly those of an INT4 GEMM, and a bit-split gradient (14·high + low) is one INT8 operand. On sm_90a the
+// forward GEMM dequantizes in its epilogue (kernels/s8_wgmma_gemm.h), elsewhere cuBLASLt writes INT32 and a second
+// kernel dequantizes. Nothing here allocates or waits for the host: LSS runs on the device (kernels/lss.h)
+// and the ∇W GEMM reduces over the kept token rows only (kernels/s8_wgmma_gemm.h reads their count on the
 // device; on sm_90a, for whole 128 x 128 tiles) or else, through cuBLASLt, which needs its sizes on the host,
 // over all token rows padded to 16 (the kept rows first, the rest zero). Codes are recomputed from the saved
 // BF16/FP32 input in the backward and transposes are separate passes; the fused, packed variants are in dev/.
@@ -11,7 +12,7 @@
 #include <algorithm>
 #include "common.h"
 #include "int4_math.h"
-#include "kept_rows_gemm.h"
+#include "s8_wgmma_gemm.h"
 #include "lss.h"
 #include "matmul.h"
 #include "rng.h"
@@ -364,8 +365,8 @@ struct QuantScratch {
     unsigned int* absmax_bits;
     cudaStream_t side_stream;
     cudaEvent_t rows_done, keep_done;
-    bool kept_rows_gemm;   // ∇W over the kept rows only (kernels/kept_rows_gemm.h), where its sm_90a code runs
-    int sms;               // the device's multiprocessors: kept_rows_gemm's split count
+    bool wgmma;   // kernels/s8_wgmma_gemm.h's sm_90a code runs here: dequant_gemm forward, ∇W over the kept rows
+    int sms;      // the device's multiprocessors: kept_rows_gemm's split count, dequant_gemm's blocks
 };
 
 #define QUANT_THREADS 128
@@ -411,7 +412,7 @@ inline void quant_scratch_alloc(QuantScratch* s, long N, int max_dim) {
     cudaCheck(cudaStreamCreateWithFlags(&s->side_stream, cudaStreamNonBlocking));
     cudaCheck(cudaEventCreateWithFlags(&s->rows_done, cudaEventDisableTiming));
     cudaCheck(cudaEventCreateWithFlags(&s->keep_done, cudaEventDisableTiming));
-    s->kept_rows_gemm = hopper_wgmma_available();
+    s->wgmma = hopper_wgmma_available();
     int device;
     cudaCheck(cudaGetDevice(&device));
     cudaCheck(cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, device));
@@ -483,6 +484,10 @@ void quant_linear_forward(T* out, const T* inp, const T* weight, const T* bias, 
     NVTX_RANGE_FN();
     hadamard_quantize(s.codes_x, (int8_t*)nullptr, inp, N, K, g, step_x, stream);
     hadamard_quantize(s.codes_w, (int8_t*)nullptr, weight, M, K, g, step_w, stream);
+    if (s.wgmma && dequant_gemm_fits(K)) {
+        dequant_gemm(out, s.codes_x, s.codes_w, bias, N, M, K, step_x, step_w, s.sms, stream);
+        return;
+    }
     int8_matmul_tn(s.acc, s.codes_w, s.codes_x, M, N, K, stream);  // column-major M x N = row-major N x M
     quant_check_vectors("quant_linear_forward", out, (long)M * sizeof(T));
     int vectors = (int)((long)N * M / Packed<T>::size);
@@ -532,9 +537,9 @@ void quant_linear_backward(T* dinp, float* dweight, float* dbias, float* dstep_x
     lss_gather_kernel<<<gather_tiles, 256, 0, stream>>>(s.operand_t, s.codes_x_t, dout, s.codes_x, M, K, s.kept_rows,
                                                         s.kept_probs, s.n_kept, n_padded, s.absmax_bits, key_dw);
     cudaCheck(cudaGetLastError());
-    if (s.kept_rows_gemm && kept_rows_gemm_fits(M, K, n_padded)) {
-        int expected_k_tiles = (int)ceilf(keep_ratio * n_padded / KEPT_TILE);
-        int splits = kept_rows_gemm_splits((M / KEPT_TILE) * (K / KEPT_TILE), s.sms, expected_k_tiles);
+    if (s.wgmma && kept_rows_gemm_fits(M, K, n_padded)) {
+        int expected_k_tiles = (int)ceilf(keep_ratio * n_padded / S8_TILE);
+        int splits = kept_rows_gemm_splits((M / S8_TILE) * (K / S8_TILE), s.sms, expected_k_tiles);
         kept_rows_gemm(s.acc, s.operand_t, s.codes_x_t, M, K, n_padded, s.n_kept, splits, stream);  // M x K
     } else {
         int8_matmul_tn(s.acc, s.codes_x_t, s.operand_t, K, M, n_padded, stream);  // row-major M x K
