@@ -160,13 +160,13 @@ expect_error "state file of another precision" "written by a int4 run, this run 
 if ls "$tmp"/st_*/main.log >/dev/null 2>&1; then echo "FAIL state files rejected before anything is written: a main.log exists"
 else echo "PASS state files rejected before anything is written: no main.log in any of the -o folders"; fi
 
-# dev/int4_gemm's shape rules, checked before it touches the GPU: K a multiple of 16 (versions 1-3) or of 32 (4-6 and
-# the default: 16-byte cp.async and TMA rows), at most 65536 (int32 headroom), N and M positive; versions 1-6
-expect_error "int4_gemm K not a multiple of 32 for v4" "K a positive multiple of 32 (versions 4-6).*K=48" ./dev/int4_gemm 4 128 128 48
+# dev/int4_gemm's shape rules, checked before it touches the GPU: K a multiple of 16 (versions 1-3) or of 32 (4-7 and
+# the default: 16-byte cp.async and TMA rows), at most 65536 (int32 headroom), N and M positive; versions 1-7
+expect_error "int4_gemm K not a multiple of 32 for v4" "K a positive multiple of 32 (versions 4-7).*K=48" ./dev/int4_gemm 4 128 128 48
 expect_error "int4_gemm K not a multiple of 16 for v2" "K a positive multiple of 16 (versions 1-3).*K=40" ./dev/int4_gemm 2 128 128 40
 expect_error "int4_gemm K too large" "at most 65536 (got N=16384 M=768 K=131072)" ./dev/int4_gemm 6 16384 768 131072
 expect_error "int4_gemm N zero" "N and M must be positive.*N=0" ./dev/int4_gemm 1 0 64 64
-expect_error "int4_gemm unknown version" "unknown version 7 (1-6)" ./dev/int4_gemm 7
+expect_error "int4_gemm unknown version" "unknown version 8 (1-7)" ./dev/int4_gemm 8
 
 # the GPU: none (this machine has no NVIDIA GPU), or not enough free memory for the model and batch
 if nvidia-smi -L >/dev/null 2>&1; then
