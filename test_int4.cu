@@ -752,6 +752,32 @@ static void test_state_header_host() {
 // kept_rows_gemm's split count (host): always 1..KEPT_MAX_SPLITS and at most the k-tiles, unsplit once the
 // tiles fill half the multiprocessors, and a split grid never needs a second wave (its atomic epilogues would
 // then cost more than the split saves: dev/results/kept_rows_gemm_h200.log)
+// dequant_gemm's tile walk (host): every tile exactly once, in bands of DEQUANT_BAND_TILES tile rows (the order
+// the blocks take them), over grids from 1 x 1 to ones with a short last band, and the trainer's 128 x 6 .. 24
+static void test_dequant_tile_walk_host() {
+    int bad = 0, grids = 0;
+    std::vector<std::pair<int, int>> shapes = {{128, 6}, {128, 18}, {128, 24}, {128, 128}};
+    for (int tiles_r = 1; tiles_r <= 27; tiles_r++)
+        for (int tiles_c = 1; tiles_c <= 13; tiles_c++) shapes.push_back({tiles_r, tiles_c});
+    for (auto [tiles_r, tiles_c] : shapes) {
+        std::vector<int> hits((size_t)tiles_r * tiles_c, 0);
+        bool ok = true;
+        for (int t = 0; t < tiles_r * tiles_c; t++) {
+            int r0, c0;
+            dequant_tile_origin(t, tiles_r, tiles_c, &r0, &c0);
+            int r = r0 / S8_TILE, c = c0 / S8_TILE;
+            ok = ok && r0 % S8_TILE == 0 && c0 % S8_TILE == 0 && r >= 0 && r < tiles_r && c >= 0 && c < tiles_c &&
+                 r / DEQUANT_BAND_TILES == t / (DEQUANT_BAND_TILES * tiles_c);
+            if (ok) hits[(size_t)r * tiles_c + c]++;
+        }
+        for (int h : hits) ok = ok && h == 1;
+        bad += !ok;
+        grids++;
+    }
+    check(bad == 0, "dequant_gemm tile walk", "%d of %d grids not covered once each in bands of %d tile rows", bad,
+          grids, DEQUANT_BAND_TILES);
+}
+
 static void test_kept_rows_gemm_splits_host() {
     int bad = 0, checked = 0;
     for (int sms : {78, 108, 132})
@@ -900,6 +926,7 @@ int main(int argc, char** argv) {
     test_layer0_linear_host(dump);
     if (dump.header[2] == 0) test_trainer_host_pieces();
     if (dump.header[2] == 0) test_kept_rows_gemm_splits_host();
+    if (dump.header[2] == 0) test_dequant_tile_walk_host();
     if (dump.header[2] == 0) test_state_header_host();
     if (dump.header[2] == 0) test_multi_gpu_rendezvous();
     test_quant_error_device(have_gpu);

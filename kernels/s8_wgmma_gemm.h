@@ -227,9 +227,10 @@ __device__ __forceinline__ void dequant_store_tile(T* out, const T* bias, const 
 // the origin of tile t of dequant_gemm: bands of DEQUANT_BAND_TILES tile rows, each walked column by column, so the
 // blocks at work at one time share a few tile rows of A and columns of B, which stay in L2 even when B does not
 // (16384 x 4096 s8 is 64 MiB; walking whole tile rows, every row of tiles read all of B from DRAM again)
-__device__ __forceinline__ void dequant_tile_origin(int t, int tiles_r, int tiles_c, int* r0, int* c0) {
+HD void dequant_tile_origin(int t, int tiles_r, int tiles_c, int* r0, int* c0) {
     int band = t / (DEQUANT_BAND_TILES * tiles_c), first = band * DEQUANT_BAND_TILES;
-    int band_rows = min(DEQUANT_BAND_TILES, tiles_r - first), i = t - first * tiles_c;
+    int band_rows = tiles_r - first < DEQUANT_BAND_TILES ? tiles_r - first : DEQUANT_BAND_TILES;
+    int i = t - first * tiles_c;
     *r0 = (first + i % band_rows) * S8_TILE;
     *c0 = (i / band_rows) * S8_TILE;
 }
